@@ -1,0 +1,55 @@
+"""The ``spendstream`` command line (click, as faust uses).
+
+Every flag that maps to a setting declares its ``SPENDSTREAM_*`` variable as ``envvar`` so that
+``--help`` names it; values given on the command line win over the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import click
+
+from streams import __version__
+from streams.errors import SettingsError, SpendstreamError
+from streams.settings import Settings
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment plus CLI overrides, as a click error when invalid."""
+    try:
+        settings = Settings.from_env(**overrides)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return settings
+
+
+class SpendstreamGroup(click.Group):
+    """Turns our errors into one clean line and exit code 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SpendstreamError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=SpendstreamGroup)
+@click.version_option(__version__, prog_name="spendstream")
+def main() -> None:
+    """spendstream: real-time AI token spend, budgets and alerts on Kafka and ClickHouse."""
+
+
+def _register() -> None:
+    from streams.demo import demo
+    from streams.local.cli import local
+
+    main.add_command(local)
+    main.add_command(demo)
+
+
+_register()

@@ -1,0 +1,123 @@
+"""The token-event contract in Python: field names, validation, time conversion.
+
+Events travel as plain dicts shaped like ``schemas/token_event.avsc`` with ``event_time`` as
+UTC epoch milliseconds and ``event_id`` as a string, because that is what the hot decode path
+(no logical-type conversion) yields and what every stage after it consumes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping
+from typing import Any, Final
+
+from streams.errors import InvalidEventError
+
+TOKEN_FIELDS: Final = (
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
+REQUIRED_IDS: Final = ("org_id", "team_id", "user_id", "client", "provider", "model")
+TASK_TYPES: Final = ("chat", "completion", "agentic", "embedding", "other")
+STATUSES: Final = ("ok", "error", "cancelled")
+OPTIONAL_IDS: Final = ("project_id", "api_key_id", "session_id")
+#: Events stamped further than this ahead of the validator's clock are rejected (clock skew).
+MAX_FUTURE_MS: Final = 10 * 60 * 1000
+#: No LLM request before this instant (2020-01-01 UTC); earlier times are corrupt clocks.
+MIN_EVENT_TIME_MS: Final = 1_577_836_800_000
+
+Event = dict[str, Any]
+
+
+def to_epoch_ms(value: dt.datetime) -> int:
+    """UTC milliseconds of an aware datetime; naive datetimes are refused (ambiguous zone)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidEventError("event_time must be timezone-aware (naive datetimes are ambiguous)")
+    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def from_epoch_ms(ms: int) -> dt.datetime:
+    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)
+
+
+def now_ms() -> int:
+    return to_epoch_ms(dt.datetime.now(dt.UTC))
+
+
+def problems(event: Mapping[str, Any], now: int | None = None) -> list[str]:
+    """Every way ``event`` breaks the contract; empty when valid. Pure, cheap, no I/O."""
+    found: list[str] = []
+    event_id = event.get("event_id")
+    if not isinstance(event_id, str) or not event_id:
+        found.append("event_id is missing")
+    else:
+        try:
+            uuid.UUID(event_id)
+        except ValueError:
+            found.append(f"event_id {event_id!r} is not a UUID")
+    for name in REQUIRED_IDS:
+        value = event.get(name)
+        if not isinstance(value, str) or not value.strip():
+            found.append(f"{name} is missing or empty")
+    for name in OPTIONAL_IDS:
+        value = event.get(name)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            found.append(f"{name} must be a non-empty string or null")
+    event_time = event.get("event_time")
+    if not isinstance(event_time, int) or isinstance(event_time, bool):
+        found.append("event_time must be epoch milliseconds (int)")
+    else:
+        if event_time < MIN_EVENT_TIME_MS:
+            found.append(f"event_time {event_time} is before 2020-01-01")
+        limit = (now_ms() if now is None else now) + MAX_FUTURE_MS
+        if event_time > limit:
+            found.append(f"event_time {event_time} is more than 10 minutes in the future")
+    for name in TOKEN_FIELDS:
+        value = event.get(name, 0)
+        if not isinstance(value, int) or isinstance(value, bool):
+            found.append(f"{name} must be an integer")
+        elif value < 0:
+            found.append(f"{name} is negative ({value})")
+    reasoning, output = event.get("reasoning_tokens", 0), event.get("output_tokens", 0)
+    if isinstance(reasoning, int) and isinstance(output, int) and reasoning > output:
+        found.append("reasoning_tokens exceed output_tokens (reasoning is part of output)")
+    cost = event.get("cost_nanos")
+    if cost is not None and (not isinstance(cost, int) or isinstance(cost, bool) or cost < 0):
+        found.append("cost_nanos must be a non-negative integer (nano-USD) or null")
+    turn = event.get("turn")
+    if turn is not None and (not isinstance(turn, int) or turn < 1):
+        found.append("turn must be a positive integer or null")
+    if event.get("task_type", "other") not in TASK_TYPES:
+        found.append(f"task_type must be one of {', '.join(TASK_TYPES)}")
+    if event.get("status", "ok") not in STATUSES:
+        found.append(f"status must be one of {', '.join(STATUSES)}")
+    labels = event.get("labels", {})
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        found.append("labels must map strings to strings")
+    return found
+
+
+def validate(event: Mapping[str, Any], now: int | None = None) -> None:
+    """Raise InvalidEventError (a ValueError) listing every problem of ``event``."""
+    found = problems(event, now)
+    if found:
+        raise InvalidEventError("invalid token event: " + "; ".join(found))
+
+
+def partition_key(event: Mapping[str, Any]) -> bytes:
+    """The Kafka message key: the session when there is one, else the event itself.
+
+    See schemas/README.md: keys never contain the org, so one large org spreads over every
+    partition; a re-sent event keeps its key and so its partition.
+    """
+    session = event.get("session_id")
+    return (session if session else event["event_id"]).encode()
+

@@ -1,0 +1,62 @@
+"""The project's Kafka topics and their creation (idempotent) with confluent-kafka's admin API."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.errors import SpendstreamError
+from streams.settings import Settings
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def standard_topics(settings: Settings) -> list[TopicSpec]:
+    """Every topic spendstream owns, with partitioning and retention/compaction choices."""
+    parts = settings.event_partitions
+    compacted = {"cleanup.policy": "compact"}
+    return [
+        TopicSpec(settings.topic_events, parts, {"compression.type": "producer"}),
+        TopicSpec(settings.topic_deadletter, parts, {"retention.ms": str(30 * 86_400_000)}),
+        TopicSpec(settings.topic_alerts, parts),
+        TopicSpec(settings.topic_rollups, parts),
+        TopicSpec(settings.topic_budgets, 1, compacted),
+        TopicSpec(settings.topic_enforcement, 1, compacted),
+    ]
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient(settings.kafka_client_config())
+
+
+def ensure_topics(
+    settings: Settings, specs: Iterable[TopicSpec] | None = None, timeout: float = 30.0
+) -> None:
+    """Create missing topics; existing ones are left as they are."""
+    client = admin(settings)
+    wanted = list(standard_topics(settings) if specs is None else specs)
+    try:
+        existing = set(client.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise SpendstreamError(f"Kafka unreachable while listing topics: {exc}") from exc
+    missing = [
+        NewTopic(s.name, num_partitions=s.partitions, replication_factor=-1, config=s.config)
+        for s in wanted
+        if s.name not in existing
+    ]
+    if not missing:
+        return
+    for name, future in client.create_topics(missing, request_timeout=timeout).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise SpendstreamError(f"cannot create topic {name}: {exc}") from exc
