@@ -219,9 +219,7 @@ class Settings:
         return f"Settings({shown})"
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every ``SPENDSTREAM_*`` variable; raise one SettingsError naming all problems.
 
         ``overrides`` (already typed, e.g. from CLI flags) win over the environment; a value of
@@ -250,9 +248,9 @@ class Settings:
             raise SettingsError(problems)
         return cls(**values)
 
-    def kafka_client_config(self) -> dict[str, str]:
+    def kafka_client_config(self) -> dict[str, Any]:
         """librdkafka (confluent-kafka) connection and security properties."""
-        config = {
+        config: dict[str, Any] = {
             "bootstrap.servers": self.kafka_bootstrap or f"127.0.0.1:{self.local_kafka_port}",
             "security.protocol": self.kafka_security_protocol.lower(),
         }

@@ -15,7 +15,7 @@ from typing import Any
 from fastavro import schemaless_reader, schemaless_writer
 
 from streams.errors import DecodeError
-from streams.serde.schemas import SchemaVersion, current, versions
+from streams.serde.schemas import current, versions
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
