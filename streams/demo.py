@@ -62,7 +62,7 @@ def roundtrip(settings: Settings, count: int, console: Console) -> dict[str, int
         partitions = metadata.topics[settings.topic_events].partitions
         ends = {}
         for p in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(settings.topic_events, p))
+            _low, high = consumer.get_watermark_offsets(TopicPartition(settings.topic_events, p))
             ends[p] = high
         consumer.assign(
             [TopicPartition(settings.topic_events, p, max(0, ends[p] - count)) for p in ends]

@@ -120,4 +120,3 @@ def partition_key(event: Mapping[str, Any]) -> bytes:
     """
     session = event.get("session_id")
     return (session if session else event["event_id"]).encode()
-

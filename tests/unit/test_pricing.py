@@ -37,7 +37,8 @@ def event(**kw):
         (dict(output_tokens=1_000, reasoning_tokens=400), 15_000_000),
         # one token of input is 3000 nano-USD exactly
         (dict(input_tokens=1), 3_000),
-        # long context (150000*6 + 50001*0.6 + 1000*22.5 = 952500.6 USD/M): prompt above 200K prices the WHOLE request at $6/$22.5
+        # long context: a prompt above 200K prices the WHOLE request at $6/$22.5
+        # (150000*6 + 50001*0.6 + 1000*22.5 = 952500.6 USD/M)
         (dict(input_tokens=150_000, cache_read_tokens=50_001, output_tokens=1_000), 952_500_600),
         (dict(input_tokens=150_000, cache_read_tokens=50_000, output_tokens=1_000), 480_000_000),
     ],
