@@ -1,0 +1,36 @@
+# The two commands: `make demo` (the main job on the embedded local stack) and `make test`.
+# Each does all of its own setup on a fresh machine (virtualenv, pip packages, kcat); the
+# Kafka jars are resolved from Maven Central by the local stack itself on first start.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup demo test lint bench-producer bench-sink bench-worker clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+setup: $(VENV)/.installed
+	@command -v kcat >/dev/null || { apt-get update -qq && apt-get install -y -qq kcat; }
+
+demo: setup
+	spendstream demo
+
+lint: setup
+	ruff check .
+	ruff format --check .
+	mypy
+
+test: lint
+	$(PY) -m pytest -q
+
+bench-producer: setup
+	$(PY) -m loadtest.bench_producer
+
+clean:
+	spendstream local down || true
+	rm -rf $(VENV)
