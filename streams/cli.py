@@ -47,8 +47,10 @@ def main() -> None:
 def _register() -> None:
     from streams.demo import demo
     from streams.local.cli import local
+    from streams.migrate import migrate_command
 
     main.add_command(local)
+    main.add_command(migrate_command)
     main.add_command(demo)
 
 

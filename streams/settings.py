@@ -182,6 +182,24 @@ class Settings:
         "RETENTION_DAYS", _positive_int, 400, "days token_events are kept (TTL)"
     )
 
+    # The ClickHouse sink.
+    sink_group: str = _field("SINK_GROUP", _str, "spendstream-sink", "sink consumer group id")
+    sink_instance_id: str | None = _field(
+        "SINK_INSTANCE_ID", _str, None, "sink: static group member id (restart without rebalance)"
+    )
+    sink_batch_rows: int = _field(
+        "SINK_BATCH_ROWS", _positive_int, 50_000, "sink: insert when this many rows are buffered"
+    )
+    sink_flush_seconds: float = _field(
+        "SINK_FLUSH_SECONDS", _positive_float, 1.0, "sink: insert at least this often"
+    )
+    sink_drain_seconds: float = _field(
+        "SINK_DRAIN_SECONDS", _positive_float, 20.0, "sink: bound on the SIGTERM drain"
+    )
+    dedup_horizon_hours: int = _field(
+        "DEDUP_HORIZON_HOURS", _positive_int, 24, "re-sent event_ids dropped within this horizon"
+    )
+
     # The embedded local stack.
     home: Path = _field("HOME", _path, _default_home, "data and logs of the local stack")
     cache_dir: Path = _field("CACHE_DIR", _path, _default_cache, "downloaded Kafka jars")
