@@ -49,9 +49,9 @@ def read_pid(pid_file: Path) -> int | None:
 def pid_alive(pid: int, marker: str) -> bool:
     """True when ``pid`` runs and its command line contains ``marker`` (our config path)."""
     child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        del _children[pid]
-        return False
+    if child is not None:
+        # Our own child: no command line check (it reads empty while exec is under way).
+        return child.poll() is None  # once reaped, kept in _children for exit_code()
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
@@ -94,6 +94,16 @@ def exit_code(pid: int) -> int | None:
     return None if child is None else child.poll()
 
 
+def exit_note(pid: int) -> str:
+    """ " (exit code N)" or " (killed by SIGX)" for a child of this process, else ""."""
+    code = exit_code(pid)
+    if code is None:
+        return ""
+    if code < 0:
+        return f" (killed by {signal.Signals(-code).name})"
+    return f" (exit code {code})"
+
+
 def wait_dead(pid: int, marker: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while pid_alive(pid, marker):
@@ -129,6 +139,20 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
                 return False
             raise
     return True
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct loopback ports free right now (for tests and parallel stacks)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def require_free_ports(service: str, ports: Mapping[str, int]) -> None:

@@ -27,6 +27,7 @@ from streams.errors import LocalStackError
 from streams.local import _chdb_server
 from streams.local._common import (
     ServiceStatus,
+    exit_note,
     failure,
     file_lock,
     pid_alive,
@@ -178,6 +179,13 @@ class LocalClickHouse:
             started = pid is None
             if pid is None:
                 pid = self._start()
+                try:
+                    self._wait_ready(pid)
+                except LocalStackError:
+                    # never leave a half-started server behind a failed `up`
+                    terminate(pid, self._marker, TERM_TIMEOUT_S)
+                    self.pid_path.unlink(missing_ok=True)
+                    raise
             else:
                 running = _config_ports(self.config_path)
                 wanted = (
@@ -189,7 +197,7 @@ class LocalClickHouse:
                         f"clickhouse: already running (pid {pid}) on ports {running}, not "
                         f"{wanted}; run `spendstream local down` first"
                     )
-            self._wait_ready(pid)
+                self._wait_ready(pid)
             try:
                 ensure_database(self.settings)
             except Exception as exc:
@@ -223,7 +231,9 @@ class LocalClickHouse:
             if not pid_alive(pid, self._marker):
                 self.pid_path.unlink(missing_ok=True)
                 raise failure(
-                    "clickhouse", f"the server (pid {pid}) exited while starting", self.log_path
+                    "clickhouse",
+                    f"the server (pid {pid}) exited while starting{exit_note(pid)}",
+                    self.log_path,
                 )
             try:
                 # A plain connect first: clickhouse-connect logs a warning per refused attempt.

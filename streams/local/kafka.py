@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient
 from streams.errors import LocalStackError
 from streams.local._common import (
     ServiceStatus,
+    exit_note,
     failure,
     file_lock,
     pid_alive,
@@ -362,7 +363,13 @@ class LocalKafka:
         ]
         pid = spawn(argv, cwd=self.root, log_path=self.log_path)
         self.pid_path.write_text(f"{pid}\n")
-        self._wait_ready(pid)
+        try:
+            self._wait_ready(pid)
+        except LocalStackError:
+            # never leave a half-started broker behind a failed `up`
+            terminate(pid, str(self.config_path), STOP_TIMEOUT_S)
+            self.pid_path.unlink(missing_ok=True)
+            raise
 
     def _format(self, java: str, classpath: str, log4j: str) -> None:
         cmd = [
@@ -391,7 +398,9 @@ class LocalKafka:
             if not pid_alive(pid, str(self.config_path)):
                 self.pid_path.unlink(missing_ok=True)
                 raise failure(
-                    "kafka", f"the broker (pid {pid}) exited while starting", self.log_path
+                    "kafka",
+                    f"the broker (pid {pid}) exited while starting{exit_note(pid)}",
+                    self.log_path,
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
