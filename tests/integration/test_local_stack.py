@@ -104,8 +104,9 @@ def consume_all(settings: Settings, topic: str, count: int) -> list[bytes]:
     try:
         while len(got) < count and time.monotonic() < deadline:
             for msg in consumer.consume(num_messages=1000, timeout=1.0):
-                assert msg.error() is None, msg.error()
-                got.append(msg.value())
+                value = msg.value()
+                assert msg.error() is None and value is not None, msg.error()
+                got.append(value)
     finally:
         consumer.close()
     return got
