@@ -41,17 +41,19 @@ STACK_FIXTURES = frozenset(
      "local_kafka", "local_clickhouse"}
 )  # fmt: skip
 
-# Stops the services if the test process dies without running its finalizers (kill -9, CI
-# timeout): it blocks on a pipe from this process and acts on EOF.
+# Stops the services (and removes the home) if the test process dies without running its
+# finalizers (kill -9, CI timeout): it blocks on a pipe from this process and acts on EOF.
 _WATCHDOG = """
-import json, sys
+import json, shutil, sys
 from pathlib import Path
-sys.stdin.read()
+keep = "keep" in sys.stdin.read()
 from streams.local import stack
 from streams.settings import Settings
 args = json.loads(sys.argv[1])
 args["home"], args["cache_dir"] = Path(args["home"]), Path(args["cache_dir"])
 stack.down(Settings.from_env({}, **args))
+if not keep:
+    shutil.rmtree(args["home"], ignore_errors=True)
 """
 
 _kept_home: list[Path] = []
@@ -112,7 +114,7 @@ class TestStack:
             start_new_session=True,
         )
 
-    def stop(self) -> None:
+    def stop(self, keep_home: bool) -> None:
         s = self.settings
         if self.clickhouse_started:
             if s.clickhouse_is_local:
@@ -137,6 +139,8 @@ class TestStack:
                         future.result()
         if self._watchdog is not None:
             assert self._watchdog.stdin is not None
+            if keep_home:
+                self._watchdog.stdin.write(b"keep")
             self._watchdog.stdin.close()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._watchdog.wait(timeout=30)
@@ -162,9 +166,10 @@ def _test_stack(request: pytest.FixtureRequest) -> Iterator[TestStack]:
     try:
         yield test_stack
     finally:
-        test_stack.stop()
-        if request.session.testsfailed:
-            _kept_home.append(home)  # logs of the services, for the failure report
+        keep = bool(request.session.testsfailed)  # the services' logs, for the failure report
+        test_stack.stop(keep_home=keep)
+        if keep:
+            _kept_home.append(home)
         else:
             shutil.rmtree(home, ignore_errors=True)
 
