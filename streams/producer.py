@@ -26,6 +26,9 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: Serve delivery callbacks every this many sends (and in flush): amortises poll() cost.
+POLL_EVERY = 512
+
 ErrorCallback = Callable[[str, str], None]
 """Called from the delivery thread with (event_id, reason) for every event that failed."""
 
@@ -206,7 +209,8 @@ class TokenEventProducer:
                     "event not enqueued"
                 ) from exc
         self.stats.enqueued += 1
-        self._producer.poll(0)
+        if not self.stats.enqueued % POLL_EVERY:
+            self._producer.poll(0)  # serve delivery callbacks without a syscall per event
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         """One bound callback for every message (no closure per event); ids only on failure."""
