@@ -45,12 +45,16 @@ def main() -> None:
 
 
 def _register() -> None:
+    from streams.app import worker_command
+    from streams.budgets import budgets_cli
     from streams.demo import demo
     from streams.local.cli import local
     from streams.migrate import migrate_command
 
     main.add_command(local)
     main.add_command(migrate_command)
+    main.add_command(worker_command)
+    main.add_command(budgets_cli)
     main.add_command(demo)
 
 

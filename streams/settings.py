@@ -200,6 +200,20 @@ class Settings:
         "DEDUP_HORIZON_HOURS", _positive_int, 24, "re-sent event_ids dropped within this horizon"
     )
 
+    # The faust worker (streams/app.py).
+    worker_id: str = _field(
+        "WORKER_ID", _str, "spendstream-worker", "worker group id; prefixes its internal topics"
+    )
+    allowed_lateness_s: int = _field(
+        "ALLOWED_LATENESS_S", _positive_int, 300, "worker: later events are dead-lettered"
+    )
+    worker_flush_seconds: float = _field(
+        "WORKER_FLUSH_SECONDS", _positive_float, 1.0, "worker: state checkpoint interval"
+    )
+    replication_factor: int = _field(
+        "REPLICATION_FACTOR", _positive_int, 1, "replicas of topics the worker creates"
+    )
+
     # The embedded local stack.
     home: Path = _field("HOME", _path, _default_home, "data and logs of the local stack")
     cache_dir: Path = _field("CACHE_DIR", _path, _default_cache, "downloaded Kafka jars")

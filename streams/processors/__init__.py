@@ -1,0 +1,5 @@
+"""Pure stream-processing logic (no Kafka, no faust): windows, budgets, alerts, detectors.
+
+The faust app in ``streams/app.py`` only moves bytes between topics, tables and these
+functions, so everything here is unit-tested without services.
+"""

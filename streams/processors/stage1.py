@@ -1,0 +1,559 @@
+"""Stage 1: one events partition at a time, a whole fetched batch per call, exact and restartable.
+
+Per partition it keeps, in plain dicts: the event-time watermark, the ids seen within the
+allowed lateness (re-sent duplicates land on the same partition as their original), per-budget
+partial sums for each period bucket, per-org per-minute spend for spike detection, per-session
+runaway state, and 1-minute rollup windows. It returns what to publish: cumulative budget
+partials for stage 2 (idempotent: stage 2 keeps the highest offset per source partition),
+closed rollup rows, runaway alerts and dead letters.
+
+Restart exactness: ``snapshot()`` is the state after exactly the events up to ``applied``;
+the app checkpoints it atomically (processors/checkpoint.py) and events at or below
+``applied`` are skipped when replayed.
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, Protocol
+
+from streams import events as ev_mod
+from streams.errors import DecodeError
+from streams.pricing import PriceCatalog
+from streams.processors.alerts import format_amount, make_alert, runaway_alert_id
+from streams.processors.budgets import Budget, BudgetMatcher
+from streams.processors.detectors import RunawayRules, SessionState, runaway_reasons
+from streams.processors.periods import MINUTE_MS, PeriodCache
+
+ROLLUP_COUNTERS: Final = (
+    "requests",
+    "error_requests",
+    "unpriced_requests",
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_nanos",
+)
+#: the scope key of the hot path (labels appended when a budget uses them)
+KEY_FIELDS: Final = (
+    "org_id",
+    "team_id",
+    "user_id",
+    "project_id",
+    "model",
+    "client",
+    "task_type",
+    "provider",
+)
+_MASK63: Final = 0x7FFF_FFFF_FFFF_FFFF
+_HALF_M: Final = 500_000
+_MIN_T: Final = ev_mod.MIN_EVENT_TIME_MS
+
+
+class Record(Protocol):
+    """What stage 1 reads of a Kafka record (aiokafka ConsumerRecord fits)."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage1Config:
+    allowed_lateness_ms: int = 5 * 60_000
+    rollup_grace_ms: int = 5_000
+    session_idle_ms: int = 2 * 3_600_000
+    spike_keep_minutes: int = 2
+    runaway: RunawayRules = dataclasses.field(default_factory=RunawayRules)
+
+
+@dataclasses.dataclass
+class DeadLetterOut:
+    record: Record
+    kind: str
+    reason: str
+
+
+@dataclasses.dataclass
+class Stage1Output:
+    partials: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    rollups: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    alerts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    dead: list[DeadLetterOut] = dataclasses.field(default_factory=list)
+    counted: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+
+
+class Budgets(Protocol):
+    """Live view of the budgets (streams/budgets.py's topic view fits)."""
+
+    @property
+    def matcher(self) -> BudgetMatcher: ...
+
+
+def uuid_int64(event_id: str) -> int:
+    """Low 63 bits of the UUID: the dedup key (collisions ~ n^2 / 2^64, negligible)."""
+    try:
+        return int(event_id.replace("-", ""), 16) & 0x7FFF_FFFF_FFFF_FFFF
+    except ValueError:
+        return uuid.UUID(event_id).int & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class PartitionAggregator:
+    """Exact per-partition aggregation; ``process(records)`` once per fetched batch."""
+
+    def __init__(
+        self,
+        partition: int,
+        decode: Callable[[bytes | None], dict[str, Any]],
+        catalog: PriceCatalog,
+        budgets: Budgets,
+        config: Stage1Config | None = None,
+        now_ms: Callable[[], int] = ev_mod.now_ms,
+    ) -> None:
+        self.partition = partition
+        self.decode = decode
+        self.catalog = catalog
+        self.budgets = budgets
+        self.config = config or Stage1Config()
+        self.now_ms = now_ms
+        self.applied = -1
+        self.watermark = 0
+        # dedup: ids seen per event minute, expired once older than the allowed lateness
+        self.seen: set[int] = set()
+        self.seen_by_minute: dict[int, list[int]] = {}
+        self.saved_ids: dict[int, int] = {}  # minute -> how many ids are in dedup chunks
+        # accumulators, all [cost, tokens, requests, last_id, last_t, end, published_requests]:
+        # budget partials by (budget_id, period or bucket start), org spend by (org, minute)
+        self.partials: dict[tuple[str, int], list[Any]] = {}
+        self.org_minutes: dict[tuple[str, int], list[Any]] = {}
+        self._period_caches: dict[tuple[str, str, int], PeriodCache] = {}
+        self._matcher: BudgetMatcher | None = None
+        self._accs: dict[int, dict[tuple[Any, ...], tuple[list[Any], ...]]] = {}
+        self.sessions: dict[str, SessionState] = {}
+        # rollups: minute -> scope key -> counters; closed minutes hold the late additions
+        self.windows: dict[int, dict[tuple[Any, ...], list[int]]] = {}
+        self.revisions: dict[int, int] = {}  # minute -> next revision once closed
+
+    # ------------------------------------------------------------------ the hot path
+
+    def process(self, records: Sequence[Record]) -> Stage1Output:
+        """Count a batch of records (one partition, offset order); see the module docstring."""
+        out = Stage1Output()
+        cfg = self.config
+        decode = self.decode
+        lookup = self.catalog.lookup
+        now = self.now_ms()
+        max_t = now + ev_mod.MAX_FUTURE_MS
+        lateness = cfg.allowed_lateness_ms
+        wm = self.watermark
+        applied = self.applied
+        seen = self.seen
+        seen_add = seen.add
+        seen_by_minute = self.seen_by_minute
+        if self.budgets.matcher is not self._matcher:
+            self._matcher = self.budgets.matcher
+            self._accs = {}
+        use_labels = self._matcher.uses_labels()
+        windows = self.windows
+        accs_by_minute = self._accs
+        sessions = self.sessions
+        rules = cfg.runaway
+        growth_keep = rules.growth_turns + 1
+        max_cost = rules.max_cost_nanos or 1 << 62
+        max_turns = rules.max_turns or 1 << 62
+        min_context = rules.growth_min_context if rules.growth_turns else 1 << 62
+        dead = out.dead
+        last_offset = applied
+        counted = 0
+        cur_minute = -1
+        window: dict[tuple[Any, ...], list[int]] = {}
+        accs: dict[tuple[Any, ...], tuple[list[Any], ...]] = {}
+        ids: list[int] = []
+        for rec in records:
+            offset = rec.offset
+            if offset <= applied:
+                out.skipped += 1
+                continue
+            last_offset = offset
+            try:
+                e = decode(rec.value)
+            except DecodeError as exc:
+                dead.append(DeadLetterOut(rec, "decode", exc.reason))
+                continue
+            t = e["event_time"]
+            eid = e["event_id"]
+            org = e["org_id"]
+            team = e["team_id"]
+            user = e["user_id"]
+            client = e["client"]
+            provider = e["provider"]
+            model = e["model"]
+            i_tok = e["input_tokens"]
+            cr = e["cache_read_tokens"]
+            cw5 = e["cache_write_5m_tokens"]
+            cw1 = e["cache_write_1h_tokens"]
+            out_tok = e["output_tokens"]
+            reas = e["reasoning_tokens"]
+            reported = e["cost_nanos"]
+            turn = e["turn"]
+            project = e["project_id"]
+            session = e["session_id"]
+            try:
+                key64 = int(eid.replace("-", ""), 16) & _MASK63 if len(eid) == 36 else -1
+            except ValueError:
+                key64 = -1
+            if not (
+                key64 >= 0
+                and _MIN_T <= t <= max_t
+                and org.strip()
+                and team.strip()
+                and user.strip()
+                and client.strip()
+                and provider.strip()
+                and model.strip()
+                and (i_tok | cr | cw5 | cw1 | out_tok | reas) >= 0
+                and reas <= out_tok
+                and (reported is None or reported >= 0)
+                and (turn is None or turn >= 1)
+                and project != ""
+                and session != ""
+                and e["api_key_id"] != ""
+            ):
+                found = ev_mod.problems(e, now)
+                if found:
+                    dead.append(DeadLetterOut(rec, "invalid", "; ".join(found)))
+                    continue
+                key64 = uuid_int64(eid)
+            if t < wm - lateness:
+                dead.append(
+                    DeadLetterOut(
+                        rec,
+                        "late",
+                        f"event_time {t} is {wm - t} ms behind the partition watermark {wm}"
+                        f" (allowed lateness {lateness} ms)",
+                    )
+                )
+                continue
+            if key64 in seen:
+                out.duplicates += 1
+                continue
+            seen_add(key64)
+            if t > wm:
+                wm = t
+            minute = t - t % MINUTE_MS
+            if minute != cur_minute:
+                cur_minute = minute
+                ids = seen_by_minute.get(minute)  # type: ignore[assignment]
+                if ids is None:
+                    ids = seen_by_minute[minute] = []
+                window = windows.get(minute)  # type: ignore[assignment]
+                if window is None:
+                    window = windows[minute] = {}
+                accs = accs_by_minute.get(minute)  # type: ignore[assignment]
+                if accs is None:
+                    accs = accs_by_minute[minute] = {}
+            ids.append(key64)
+            if reported is None:
+                entry = lookup(provider, model, t)
+                if entry is None:
+                    cost = -1
+                else:
+                    rates = (
+                        entry.rates_for(i_tok + cr + cw5 + cw1)[0] if entry.tiers else entry.rates
+                    )
+                    # streams.pricing.cost_nanos inlined (pinned equal by a unit test)
+                    cost = (
+                        i_tok * rates.input
+                        + cr * rates.cache_read
+                        + cw5 * rates.cache_write_5m
+                        + cw1 * rates.cache_write_1h
+                        + (out_tok - reas) * rates.output
+                        + reas * rates.reasoning
+                        + _HALF_M
+                    ) // 1_000_000
+            else:
+                cost = reported
+            task = e["task_type"]
+            labels = e["labels"]
+            if use_labels and labels:
+                key: tuple[Any, ...] = (
+                    org,
+                    team,
+                    user,
+                    project,
+                    model,
+                    client,
+                    task,
+                    provider,
+                    tuple(sorted(labels.items())),
+                )
+            else:
+                key = (org, team, user, project, model, client, task, provider)
+            row = window.get(key)
+            if row is None:
+                row = window[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            row[0] += 1
+            if e["status"] != "ok":
+                row[1] += 1
+            if cost < 0:
+                row[2] += 1
+                cost = 0
+            row[3] += i_tok
+            row[4] += cr
+            row[5] += cw5
+            row[6] += cw1
+            row[7] += out_tok
+            row[8] += reas
+            row[9] += cost
+            targets = accs.get(key)
+            if targets is None:
+                targets = accs[key] = self._targets(key, minute)
+            tokens = i_tok + cr + cw5 + cw1 + out_tok
+            for acc in targets:
+                acc[0] += cost
+                acc[1] += tokens
+                acc[2] += 1
+                if t >= acc[4]:
+                    acc[3] = eid
+                    acc[4] = t
+            counted += 1
+            if session is not None:
+                state = sessions.get(session)
+                if state is None:
+                    state = sessions[session] = SessionState(org, team, user)
+                state.cost += cost
+                state.turns += 1
+                if t > state.last_time:
+                    state.last_time = t
+                recent = state.recent
+                context = i_tok + cr + cw5 + cw1
+                recent.append(context)
+                if len(recent) > growth_keep:
+                    del recent[0]
+                if state.cost > max_cost or state.turns > max_turns or context >= min_context:
+                    for reason in runaway_reasons(state, rules):
+                        state.alerted.append(reason)
+                        out.alerts.append(self._runaway_alert(session, state, reason, e, now))
+        out.counted = counted
+        self.watermark = wm
+        self.applied = last_offset
+        self._emit_partials(out)
+        self._expire(out)
+        return out
+
+    def _period_cache(self, budget: Budget) -> PeriodCache:
+        key = (budget.period, budget.timezone, budget.window_ms)
+        cache = self._period_caches.get(key)
+        if cache is None:
+            cache = self._period_caches[key] = PeriodCache(*key)
+        return cache
+
+    def _targets(self, key: tuple[Any, ...], minute: int) -> tuple[list[Any], ...]:
+        """Accumulators an event with scope ``key`` in ``minute`` adds to (budgets + org)."""
+        found: list[list[Any]] = []
+        okey = (key[0], minute)
+        org_acc = self.org_minutes.get(okey)
+        if org_acc is None:
+            org_acc = self.org_minutes[okey] = [0, 0, 0, None, 0, minute + MINUTE_MS, 0]
+        found.append(org_acc)
+        labels = dict(key[8]) if len(key) > 8 else None
+        matcher = self._matcher or self.budgets.matcher
+        for budget in matcher.match_signature(key[:7], labels):
+            if minute < budget.counting_from:
+                continue  # counted by the ClickHouse baseline taken at creation
+            period = self._period_cache(budget).of(minute)
+            pkey = (budget.budget_id, period.start)
+            acc = self.partials.get(pkey)
+            if acc is None:
+                acc = self.partials[pkey] = [0, 0, 0, None, 0, period.end, 0]
+            found.append(acc)
+        return tuple(found)
+
+    def _emit_partials(self, out: Stage1Output) -> None:
+        """Cumulative partials of every accumulator changed since it was last published."""
+        for kind, table in (("b", self.partials), ("o", self.org_minutes)):
+            for (ident, start), acc in table.items():
+                if acc[2] == acc[6]:
+                    continue
+                acc[6] = acc[2]
+                out.partials.append(
+                    {
+                        "k": kind,
+                        "id": ident,
+                        "s": start,
+                        "e": acc[5],
+                        "p": self.partition,
+                        "q": self.applied,
+                        "c": acc[0],
+                        "t": acc[1],
+                        "n": acc[2],
+                        "ei": acc[3],
+                        "et": acc[4],
+                        "wm": self.watermark,
+                    }
+                )
+
+    # ------------------------------------------------------------------ sessions
+
+    def _runaway_alert(
+        self, sid: str, state: SessionState, reason: str, e: Mapping[str, Any], now: int
+    ) -> dict[str, Any]:
+        rules = self.config.runaway
+        if reason == "cost":
+            text = (
+                f"session {sid} spent {format_amount(state.cost, 'usd_nanos')}, over the "
+                f"{format_amount(rules.max_cost_nanos, 'usd_nanos')} session limit"
+            )
+            unit, spent, limit = "usd_nanos", state.cost, rules.max_cost_nanos
+        elif reason == "turns":
+            text = f"session {sid} ran {state.turns} turns, over the {rules.max_turns} limit"
+            unit, spent, limit = "turns", state.turns, rules.max_turns
+        else:
+            text = (
+                f"session {sid} re-sends a growing context every turn: "
+                f"{state.recent[0]:,} -> {state.recent[-1]:,} tokens over the last "
+                f"{len(state.recent) - 1} turns (cumulative input grows quadratically)"
+            )
+            unit, spent, limit = "usd_nanos", state.cost, None
+        return make_alert(
+            "runaway_session",
+            runaway_alert_id(sid, reason),
+            now,
+            text,
+            spent,
+            severity="critical",
+            org_id=state.org_id,
+            team_id=state.team_id,
+            user_id=state.user_id,
+            scope={"org_id": state.org_id, "team_id": state.team_id, "user_id": state.user_id},
+            period="session",
+            unit=unit,
+            limit=limit,
+            event_id=e["event_id"],
+            event_time=e["event_time"],
+            session_id=sid,
+            details={
+                "reason": reason,
+                "turns": str(state.turns),
+                "session_cost_nanos": str(state.cost),
+                "recent_context_tokens": ",".join(str(c) for c in state.recent),
+            },
+        )
+
+    # ------------------------------------------------------------------ expiry and rollups
+
+    def _expire(self, out: Stage1Output) -> None:
+        cfg = self.config
+        wm = self.watermark
+        horizon = wm - cfg.allowed_lateness_ms
+        for minute in [m for m in self.seen_by_minute if m + MINUTE_MS <= horizon]:
+            self.seen.difference_update(self.seen_by_minute.pop(minute))
+            self.saved_ids.pop(minute, None)
+        for minute in [m for m in self._accs if m + MINUTE_MS <= horizon]:
+            del self._accs[minute]
+        # rollups: close windows once the watermark passes their end + grace; late additions
+        # within the allowed lateness are published as further revisions
+        for minute in sorted(self.windows):
+            end = minute + MINUTE_MS
+            if end + cfg.rollup_grace_ms > wm:
+                break
+            rows = self.windows[minute]
+            if rows:
+                revision = self.revisions.get(minute, 0)
+                out.rollups.extend(self._rollup_rows(minute, rows, revision))
+                self.revisions[minute] = revision + 1
+                self.windows[minute] = {}
+            if end <= horizon:
+                del self.windows[minute]
+                self.revisions.pop(minute, None)
+        # budget partials of periods that can no longer change
+        for pkey in [k for k, acc in self.partials.items() if acc[5] <= horizon]:
+            del self.partials[pkey]
+        keep_from = horizon - self.config.spike_keep_minutes * MINUTE_MS
+        for okey in [k for k in self.org_minutes if k[1] < keep_from]:
+            del self.org_minutes[okey]
+        idle = wm - cfg.session_idle_ms
+        for sid in [s for s, st in self.sessions.items() if st.last_time < idle]:
+            del self.sessions[sid]
+
+    def _rollup_rows(
+        self, minute: int, rows: Mapping[tuple[Any, ...], list[int]], revision: int
+    ) -> list[dict[str, Any]]:
+        found = []
+        for dims, counters in rows.items():
+            record: dict[str, Any] = dict(zip(KEY_FIELDS, dims[:8], strict=True))
+            record.update(zip(ROLLUP_COUNTERS, counters, strict=True))
+            record["window_start"] = minute
+            record["window_end"] = minute + MINUTE_MS
+            record["source_partition"] = self.partition
+            record["revision"] = revision
+            found.append(record)
+        return found
+
+    # ------------------------------------------------------------------ state
+
+    def take_new_ids(self) -> list[list[Any]]:
+        """Ids counted since the last call, as [[minute, packed int64 ids], ...]."""
+        chunk = []
+        for minute, ids in self.seen_by_minute.items():
+            saved = self.saved_ids.get(minute, 0)
+            if len(ids) > saved:
+                chunk.append([minute, array.array("q", ids[saved:]).tobytes()])
+                self.saved_ids[minute] = len(ids)
+        return chunk
+
+    def load_ids(self, chunk: Sequence[Sequence[Any]]) -> None:
+        horizon = self.watermark - self.config.allowed_lateness_ms
+        for minute, packed in chunk:
+            if minute + MINUTE_MS <= horizon:
+                continue
+            ids = array.array("q")
+            ids.frombytes(packed)
+            self.seen.update(ids)
+            self.seen_by_minute.setdefault(minute, []).extend(ids)
+            self.saved_ids[minute] = len(self.seen_by_minute[minute])
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything but the dedup ids (written apart, incrementally), as msgpack-able data."""
+        return {
+            "applied": self.applied,
+            "wm": self.watermark,
+            "partials": [[k[0], k[1], *v] for k, v in self.partials.items()],
+            "orgs": [[k[0], k[1], *v] for k, v in self.org_minutes.items()],
+            "sessions": {sid: st.to_list() for sid, st in self.sessions.items()},
+            "windows": [
+                [minute, [[_plain_key(d), c] for d, c in rows.items()]]
+                for minute, rows in self.windows.items()
+            ],
+            "revisions": [[m, r] for m, r in self.revisions.items()],
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.applied = int(state["applied"])
+        self.watermark = int(state["wm"])
+        self.partials = {(p[0], p[1]): list(p[2:]) for p in state["partials"]}
+        self.org_minutes = {(o[0], o[1]): list(o[2:]) for o in state["orgs"]}
+        self.sessions = {s: SessionState.from_list(v) for s, v in state["sessions"].items()}
+        self.windows = {
+            minute: {_key_from_plain(d): list(c) for d, c in rows}
+            for minute, rows in state["windows"]
+        }
+        self.revisions = {m: r for m, r in state["revisions"]}
+
+
+def _plain_key(key: tuple[Any, ...]) -> list[Any]:
+    return [*key[:8], [list(p) for p in key[8]]] if len(key) > 8 else list(key)
+
+
+def _key_from_plain(raw: list[Any]) -> tuple[Any, ...]:
+    if len(raw) > 8:
+        return (*raw[:8], tuple(tuple(p) for p in raw[8]))
+    return tuple(raw)

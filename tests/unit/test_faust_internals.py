@@ -1,0 +1,126 @@
+"""Pins the faust-streaming internals the partition-batch fast path (streams/app.py) relies on.
+
+If one of these fails after an upgrade, do not just bump the pin: re-read the named faust
+function and check that a ConsumerMessage carrying a whole partition batch is still acked and
+committed correctly (tests/integration/test_worker*.py prove it end to end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import defaultdict
+from typing import Any
+
+import faust
+import pytest
+from faust.tables.base import Collection
+from faust.transport import consumer as consumer_mod
+from faust.transport.conductor import ConductorCompiler
+from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types import TP
+from faust.types.tuples import ConsumerMessage
+from intervaltree import IntervalTree
+
+from streams import app as app_mod
+
+
+def _explain(what: str) -> str:
+    return (
+        f"faust-streaming internals changed ({what}); streams/app.py BatchConsumer relies on "
+        f"them: see the docstring of tests/unit/test_faust_internals.py"
+    )
+
+
+def test_faust_version_is_the_pinned_one() -> None:
+    assert faust.__version__ == app_mod.FAUST_VERSION, _explain(
+        f"version {faust.__version__} != {app_mod.FAUST_VERSION}"
+    )
+
+
+def test_consumer_fetch_and_drain_hooks_exist() -> None:
+    base = consumer_mod.Consumer
+    for name in ("_wait_next_records", "_to_message", "_add_gap", "perform_seek", "getmany"):
+        assert callable(getattr(base, name, None)), _explain(f"Consumer.{name} missing")
+    params = list(inspect.signature(base._wait_next_records).parameters)
+    assert params == ["self", "timeout"], _explain("Consumer._wait_next_records signature")
+    assert aiokafka_driver.Transport.Consumer is aiokafka_driver.Consumer, _explain(
+        "aiokafka Transport.Consumer"
+    )
+    assert "_new_transport" in vars(faust.App), _explain("App._new_transport")
+
+
+def test_drain_loop_turns_offset_jumps_into_gaps() -> None:
+    source = inspect.getsource(consumer_mod.Consumer._drain_messages)
+    for needle in (
+        "getmany(timeout=1.0)",
+        "gap = offset - (r_offset or 0)",
+        "await self._add_gap(tp, r_offset + 1, offset)",
+        "callback(message)",
+        "set_read_offset(tp, offset)",
+    ):
+        assert needle in source, _explain(f"Consumer._drain_messages no longer has {needle!r}")
+
+
+def test_conductor_decodes_through_the_channel() -> None:
+    source = inspect.getsource(ConductorCompiler.build)
+    assert "await chan.decode(message, propagate=True)" in source, _explain("conductor decode")
+    assert "self.decode = self.schema.compile(" in inspect.getsource(faust.Topic._compile_decode)
+
+
+def test_consumer_message_positional_fields() -> None:
+    names = list(inspect.signature(ConsumerMessage.__init__).parameters)[1:13]
+    assert names == [
+        "topic",
+        "partition",
+        "offset",
+        "timestamp",
+        "timestamp_type",
+        "headers",
+        "key",
+        "value",
+        "checksum",
+        "serialized_key_size",
+        "serialized_value_size",
+        "tp",
+    ], _explain("ConsumerMessage signature")
+
+
+def test_table_send_changelog_takes_an_explicit_partition() -> None:
+    params = list(inspect.signature(Collection.send_changelog).parameters)
+    assert params[:4] == ["self", "partition", "key", "value"], _explain("send_changelog")
+
+
+class _FakeConsumer:
+    """Just the bookkeeping attributes that Consumer._add_gap/_new_offset read and write."""
+
+    def __init__(self, committed: int | None) -> None:
+        self._acked: Any = defaultdict(list)
+        self._acked_index: Any = defaultdict(set)
+        self._gap: Any = defaultdict(IntervalTree)
+        self._committed_offset: Any = defaultdict(lambda: None)
+        tp = TP("t", 0)
+        self._committed_offset[tp] = committed
+
+
+@pytest.mark.parametrize("committed", [None, 100])
+def test_acking_the_last_offset_of_a_batch_commits_the_whole_batch(committed: int | None) -> None:
+    """The semantics BatchConsumer depends on: read offset r, batch message with offset b,
+    the drain loop adds the gap (r+1 .. b); acking b alone makes b+1 committable, never more."""
+    tp = TP("t", 0)
+    fake = _FakeConsumer(committed)
+    start = committed if committed is not None else 0
+    batches = [(start, start + 499), (start + 500, start + 1200)]
+    read = committed
+    for first, last in batches:
+        if read is not None and last - read > 1:
+            asyncio.run(consumer_mod.Consumer._add_gap(fake, tp, read + 1, last))  # type: ignore[arg-type]
+        read = last
+        fake._acked[tp].append(last)
+        fake._acked_index[tp].add(last)
+        # faust's gap includes the acked offset itself, so a duplicate can hold the commit
+        # back by one call (never ahead): the commit timer catches up on its next tick
+        offered = [consumer_mod.Consumer._new_offset(fake, tp) for _ in range(3)]  # type: ignore[arg-type]
+        best = max(o for o in offered if o is not None)
+        assert best == last + 1, _explain(f"batch {first}..{last} commits {offered}")
+        fake._committed_offset[tp] = best

@@ -1,0 +1,269 @@
+"""Stage 1 (per partition) and stage 2 (budget totals): exactness, dedup, lateness, restarts."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import uuid
+import zlib
+from typing import Any
+
+from streams.budgets import StaticBudgets
+from streams.events import partition_key
+from streams.generate import Shape, generate_events
+from streams.pricing import default_catalog
+from streams.processors.budgets import Budget, budget_from_spec
+from streams.processors.stage1 import PartitionAggregator, Stage1Config
+from streams.processors.stage2 import BudgetTotals
+from streams.serde import AvroCodec
+
+CODEC = AvroCodec("token_event")
+T0 = 1_780_000_000_000  # 2026-05-28T20:26:40Z
+MIN = 60_000
+
+
+@dataclasses.dataclass
+class Rec:
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def event(**fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()),
+        "event_time": T0,
+        "org_id": "acme",
+        "team_id": "platform",
+        "user_id": "ana",
+        "project_id": None,
+        "api_key_id": None,
+        "session_id": None,
+        "turn": None,
+        "client": "claude-code",
+        "task_type": "agentic",
+        "provider": "anthropic",
+        "model": "claude-sonnet-4-5",
+        "input_tokens": 100,
+        "cache_read_tokens": 0,
+        "cache_write_5m_tokens": 0,
+        "cache_write_1h_tokens": 0,
+        "output_tokens": 10,
+        "reasoning_tokens": 0,
+        "cost_nanos": 1_000,
+        "status": "ok",
+        "labels": {},
+    }
+    base.update(fields)
+    return base
+
+
+def records(events: list[dict[str, Any]], start: int = 0) -> list[Rec]:
+    return [Rec(start + i, partition_key(e), CODEC.encode(e)) for i, e in enumerate(events)]
+
+
+def aggregator(
+    budgets: list[Budget], partition: int = 0, now: int = T0 + 60_000, **config: Any
+) -> PartitionAggregator:
+    return PartitionAggregator(
+        partition,
+        CODEC.decode,
+        default_catalog(),
+        StaticBudgets(budgets),
+        Stage1Config(**config),
+        now_ms=lambda: now,
+    )
+
+
+ORG = budget_from_spec({"id": "acme", "scope": {"org": "acme"}, "limit_usd": "0.00001"})
+
+
+def org_total(agg: PartitionAggregator) -> int:
+    return sum(acc[0] for (org, _), acc in agg.org_minutes.items() if org == "acme")
+
+
+def test_inlined_cost_equals_the_pricing_engine() -> None:
+    catalog = default_catalog()
+    events = [dict(e, cost_nanos=None) for e in generate_events(3000, seed=7)]
+    for e in events[:50]:  # long prompts exercise the long-context tiers
+        e["cache_read_tokens"] = 250_000
+    events.sort(key=lambda e: e["event_time"])
+    everything = budget_from_spec({"id": "all", "period": "month", "limit_usd": 1})
+    agg = aggregator([everything], now=max(e["event_time"] for e in events) + 1)
+    out = agg.process(records(events))
+    assert not out.dead
+    expected = sum(catalog.price(e).cost_nanos for e in events)
+    assert sum(acc[0] for acc in agg.partials.values()) == expected
+
+
+def test_duplicates_late_invalid_and_garbage() -> None:
+    first = event(event_time=T0 + 10 * MIN)
+    late = event(event_time=T0 + 10 * MIN - 6 * MIN)
+    within = event(event_time=T0 + 10 * MIN - 4 * MIN)
+    bad = event(input_tokens=-1)
+    recs = records([first, dict(first), late, within, bad])
+    recs.append(Rec(len(recs), b"k", b"\x00\x00garbage"))
+    agg = aggregator([ORG], now=T0 + 11 * MIN, allowed_lateness_ms=5 * MIN)
+    out = agg.process(recs)
+    assert out.counted == 2
+    assert out.duplicates == 1
+    kinds = sorted(d.kind for d in out.dead)
+    assert kinds == ["decode", "invalid", "late"]
+    assert "input_tokens is negative" in next(d.reason for d in out.dead if d.kind == "invalid")
+    assert org_total(agg) == 2_000
+
+
+def test_budget_created_mid_period_counts_from_the_next_minute() -> None:
+    budget = budget_from_spec({"id": "b", "scope": {"org": "acme"}, "limit_usd": 1}, now_ms=T0 + 30)
+    agg = aggregator([budget])
+    agg.process(records([event(event_time=T0 + 10), event(event_time=T0 + MIN + 5)]))
+    ((_key, acc),) = agg.partials.items()
+    assert acc[2] == 1  # the event before counting_from is left to the ClickHouse baseline
+
+
+def _split(events: list[dict[str, Any]], partitions: int) -> list[list[dict[str, Any]]]:
+    parts: list[list[dict[str, Any]]] = [[] for _ in range(partitions)]
+    for e in events:
+        parts[zlib.crc32(partition_key(e)) % partitions].append(e)
+    return parts
+
+
+def test_two_stages_give_exact_org_and_team_totals() -> None:
+    shape = Shape(orgs=2, teams_per_org=2, start_ms=T0, span_ms=20 * MIN, duplicate_rate=0.05)
+    events = sorted(generate_events(4000, seed=3, shape=shape), key=lambda e: e["event_time"])
+    budgets = [
+        budget_from_spec({"id": "org0", "scope": {"org": "org-0"}, "limit_usd": 1_000_000}),
+        budget_from_spec(
+            {
+                "id": "team01",
+                "scope": {"org": "org-0", "team": "org-0-team-1"},
+                "period": "day",
+                "limit_usd": 1_000_000,
+            }
+        ),
+    ]
+    unique = {e["event_id"]: e for e in events}.values()
+    catalog = default_catalog()
+    truth = {
+        "org0": sum(catalog.price(e).cost_nanos for e in unique if e["org_id"] == "org-0"),
+        "team01": sum(
+            catalog.price(e).cost_nanos for e in unique if e["team_id"] == "org-0-team-1"
+        ),
+    }
+    now = T0 + 30 * MIN
+    partials = []
+    for p, part in enumerate(_split(events, 3)):
+        agg = aggregator(budgets, partition=p, now=now)
+        recs = records(part)
+        for i in range(0, len(recs), 97):
+            partials.extend(agg.process(recs[i : i + 97]).partials)
+    # stage 2 sees partials out of order and twice: totals must not move
+    rng = random.Random(1)
+    delivered = partials + rng.sample(partials, len(partials) // 2)
+    rng.shuffle(delivered)
+    totals = BudgetTotals(StaticBudgets(budgets), now_ms=lambda: now)
+    totals.process(list(enumerate(delivered)))
+    for budget in budgets:
+        starts = {s for (b, s) in totals.buckets if b == budget.budget_id}
+        spent = sum(totals.spent(budget, s)[0] for s in starts)
+        assert spent == truth[budget.budget_id], budget.budget_id
+
+
+def test_restore_and_replay_count_every_event_once() -> None:
+    shape = Shape(orgs=1, start_ms=T0, span_ms=10 * MIN, duplicate_rate=0.1)
+    events = sorted(generate_events(1500, seed=5, shape=shape), key=lambda e: e["event_time"])
+    recs = records(events)
+    now = T0 + 20 * MIN
+    whole = aggregator([ORG], now=now)
+    whole.process(recs)
+
+    crashed = aggregator([ORG], now=now)
+    crashed.process(recs[:600])
+    saved_state, saved_ids = crashed.snapshot(), crashed.take_new_ids()
+    crashed.process(recs[600:900])  # work lost in the crash
+    restarted = aggregator([ORG], now=now)
+    restarted.restore(saved_state)
+    restarted.load_ids(saved_ids)
+    out = restarted.process(recs[400:])  # replay from an older committed offset
+    assert out.skipped == 200
+    assert restarted.partials == whole.partials
+    assert restarted.org_minutes == whole.org_minutes
+    assert restarted.seen == whole.seen
+
+
+def test_thresholds_fire_once_and_block_mode_publishes_a_block() -> None:
+    budget = budget_from_spec(
+        {
+            "id": "team",
+            "scope": {"team": "platform"},
+            "limit_usd": "0.000010",
+            "mode": "block",
+            "period": "day",
+        }
+    )
+    agg = aggregator([budget])
+    totals = BudgetTotals(StaticBudgets([budget]), now_ms=lambda: T0)
+    alerts: list[dict[str, Any]] = []
+    blocks = []
+    offset = 0
+    for i in range(12):
+        out1 = agg.process(records([event(event_time=T0 + i)], start=i))
+        msgs = [(offset + j, m) for j, m in enumerate(out1.partials + out1.partials)]
+        offset += len(msgs)
+        out2 = totals.process(msgs)
+        alerts.extend(out2.alerts)
+        blocks.extend(out2.enforcement)
+    assert [a["threshold_pct"] for a in alerts] == [50, 80, 100]
+    crossing = alerts[-1]
+    assert crossing["spent"] == 10_000
+    assert crossing["limit"] == 10_000
+    assert crossing["event_id"] is not None
+    assert len(blocks) == 1
+    assert blocks[0][0] == "team"
+
+
+def test_baseline_is_added_to_the_period() -> None:
+    budget = budget_from_spec(
+        {"id": "b", "scope": {"org": "acme"}, "limit_usd": "0.00001"}, now_ms=T0 + MIN
+    )
+    agg = aggregator([budget])
+    out = agg.process(records([event(event_time=T0 + 3 * MIN)]))
+    totals = BudgetTotals(StaticBudgets([budget]), now_ms=lambda: T0)
+    msgs = list(enumerate(out.partials))
+    needed = totals.baselines_needed(m for _, m in msgs)
+    assert [(b.budget_id, s) for b, s in needed] == [("b", needed[0][1])]
+    totals.set_baseline("b", needed[0][1], 4_000, 0)
+    out2 = totals.process(msgs)
+    assert [a["threshold_pct"] for a in out2.alerts] == [50]
+    assert out2.alerts[0]["spent"] == 5_000
+
+
+def test_rollups_close_after_grace_and_late_rows_are_revisions() -> None:
+    agg = aggregator([], now=T0 + 10 * MIN, rollup_grace_ms=5_000, allowed_lateness_ms=5 * MIN)
+    base = T0 - T0 % MIN
+    out = agg.process(records([event(event_time=base + 1), event(event_time=base + 2)]))
+    assert out.rollups == []
+    out = agg.process(records([event(event_time=base + MIN + 6_000)], start=2))
+    assert len(out.rollups) == 1
+    assert out.rollups[0]["requests"] == 2
+    assert out.rollups[0]["revision"] == 0
+    out = agg.process(
+        records([event(event_time=base + 3), event(event_time=base + MIN + 7_000)], start=3)
+    )
+    late = [r for r in out.rollups if r["window_start"] == base]
+    assert [(r["requests"], r["revision"]) for r in late] == [(1, 1)]
+    codec = AvroCodec("rollup_1m")
+    assert codec.decode(codec.encode(late[0])) == late[0]
+
+
+def test_runaway_session_alert_once() -> None:
+    agg = aggregator([])
+    session = [
+        event(session_id="s1", turn=t, event_time=T0 + t, cost_nanos=30 * 10**9)
+        for t in range(1, 4)
+    ]
+    out = agg.process(records(session))
+    assert [(a["kind"], a["details"]["reason"]) for a in out.alerts] == [
+        ("runaway_session", "cost")
+    ]
+    assert out.alerts[0]["session_id"] == "s1"
