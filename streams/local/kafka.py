@@ -235,7 +235,11 @@ class LocalKafka:
 
     def installed(self) -> bool:
         marker = self.cache_root / ".installed"
-        return marker.is_file() and marker.read_text().strip() == self._fingerprint()
+        return (
+            marker.is_file()
+            and marker.read_text().strip() == self._fingerprint()
+            and (self.jars_dir / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file()
+        )
 
     def install(self) -> Path:
         """Resolve the pinned jars once into the shared cache; returns the jar folder."""

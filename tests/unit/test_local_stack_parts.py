@@ -269,3 +269,27 @@ def test_cli_errors_are_one_line_not_a_traceback(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "Error: clickhouse: the local server only has" in result.output
+
+
+def test_install_without_maven_names_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("streams.local.kafka.shutil.which", lambda name: None)
+    with pytest.raises(LocalStackError, match=r"`mvn` is needed .* apt-get install -y maven"):
+        LocalKafka(settings(tmp_path)).install()
+
+
+def test_install_runs_once_per_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kafka = LocalKafka(settings(tmp_path))
+    kafka.jars_dir.mkdir(parents=True)
+    (kafka.jars_dir / f"kafka_2.13-{KAFKA_VERSION}.jar").touch()
+    (kafka.cache_root / ".installed").write_text(kafka._fingerprint())
+
+    def no_maven(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Maven must not run when the cache is complete")
+
+    monkeypatch.setattr("streams.local.kafka.subprocess.run", no_maven)
+    assert kafka.install() == kafka.jars_dir
+    assert kafka.installed()
+    (kafka.cache_root / ".installed").write_text("other-pins")
+    assert not kafka.installed()  # a change of pinned artifacts reinstalls
