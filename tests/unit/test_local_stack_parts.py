@@ -275,7 +275,7 @@ def test_install_without_maven_names_the_fix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("streams.local.kafka.shutil.which", lambda name: None)
-    with pytest.raises(LocalStackError, match=r"`mvn` is needed .* apt-get install -y maven"):
+    with pytest.raises(LocalStackError, match=r"`mvn` is needed .* `apt-get install -y maven`"):
         LocalKafka(settings(tmp_path)).install()
 
 
