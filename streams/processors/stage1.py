@@ -529,10 +529,8 @@ class PartitionAggregator:
             "partials": [[k[0], k[1], *v] for k, v in self.partials.items()],
             "orgs": [[k[0], k[1], *v] for k, v in self.org_minutes.items()],
             "sessions": {sid: st.to_list() for sid, st in self.sessions.items()},
-            "windows": [
-                [minute, [[_plain_key(d), c] for d, c in rows.items()]]
-                for minute, rows in self.windows.items()
-            ],
+            # msgpack writes tuple keys as arrays; restore() turns them back into tuples
+            "windows": [[minute, list(rows.items())] for minute, rows in self.windows.items()],
             "revisions": [[m, r] for m, r in self.revisions.items()],
         }
 
@@ -547,10 +545,6 @@ class PartitionAggregator:
             for minute, rows in state["windows"]
         }
         self.revisions = {m: r for m, r in state["revisions"]}
-
-
-def _plain_key(key: tuple[Any, ...]) -> list[Any]:
-    return [*key[:8], [list(p) for p in key[8]]] if len(key) > 8 else list(key)
 
 
 def _key_from_plain(raw: list[Any]) -> tuple[Any, ...]:

@@ -267,3 +267,25 @@ def test_runaway_session_alert_once() -> None:
         ("runaway_session", "cost")
     ]
     assert out.alerts[0]["session_id"] == "s1"
+
+
+def test_checkpoint_round_trip_and_torn_write() -> None:
+    from streams.processors import checkpoint
+
+    agg = aggregator([ORG])
+    agg.process(records([event(labels={"repo": "x"}), event(session_id="s", turn=1)]))
+    state = {"stage": agg.snapshot()}
+    store: dict[str, bytes] = dict(checkpoint.encode_pages("3", 7, state))
+    newer = checkpoint.encode_pages("3", 8, {"stage": {"blob": b"x" * 400_000}})
+    assert len(newer) == 2
+    store.update(newer[:1])  # the crash came before epoch 8's second page
+    found = checkpoint.decode_latest("3", store)
+    assert found is not None
+    epoch, restored = found
+    assert epoch == 7
+    store.update(newer)
+    assert checkpoint.decode_latest("3", store) == (8, {"stage": {"blob": b"x" * 400_000}})
+    again = aggregator([ORG])
+    again.restore(restored["stage"])
+    assert again.windows == agg.windows
+    assert again.sessions.keys() == agg.sessions.keys()
