@@ -1,0 +1,55 @@
+"""``spendstream sink``: run the ClickHouse sink until SIGTERM/SIGINT, then drain and exit."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+import click
+
+from streams.settings import env_name
+
+
+@click.command("sink")
+@click.option("--topic", envvar=env_name("topic_events"), help="Token events topic.")
+@click.option("--group", envvar=env_name("sink_group"), help="Consumer group id.")
+@click.option("--batch-rows", type=int, envvar=env_name("sink_batch_rows"), help="Rows per insert.")
+@click.option(
+    "--flush-seconds", type=float, envvar=env_name("sink_flush_seconds"), help="Max batch age."
+)
+@click.option("--metrics-port", type=int, envvar=env_name("metrics_port"), help="0: no metrics.")
+def sink_command(
+    topic: str | None,
+    group: str | None,
+    batch_rows: int | None,
+    flush_seconds: float | None,
+    metrics_port: int | None,
+) -> None:
+    """Load token events from Kafka into ClickHouse exactly once (run `migrate` first)."""
+    from prometheus_client import start_http_server
+
+    from streams.cli import load_settings
+    from streams.sink.runner import Sink
+    from streams.topics import ensure_topics, standard_topics
+
+    settings = load_settings(
+        topic_events=topic,
+        sink_group=group,
+        sink_batch_rows=batch_rows,
+        sink_flush_seconds=flush_seconds,
+        metrics_port=metrics_port,
+    )
+    wanted = {settings.topic_events, settings.topic_deadletter}
+    ensure_topics(settings, [s for s in standard_topics(settings) if s.name in wanted])
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port)
+    sink = Sink(settings)
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        sink.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    click.echo(f"sink: {settings.topic_events} -> ClickHouse {settings.clickhouse_database}")
+    sink.run()
+    click.echo("sink: drained and stopped")

@@ -1,0 +1,154 @@
+"""The rows of one future insert: decoded events, their prices, and the offsets they came from.
+
+Pure (no I/O) so that batch building is unit-tested without Kafka or ClickHouse. Rows stay
+plain dicts until the insert, where pyarrow converts them in one C++ pass
+(``pa.Table.from_pylist``), measured cheaper than appending to per-column lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Final
+
+import pyarrow as pa  # type: ignore[import-untyped]
+
+from streams.events import TOKEN_FIELDS, Event
+from streams.pricing import Price
+
+_STRINGS: Final = (
+    "org_id",
+    "team_id",
+    "user_id",
+    "project_id",
+    "api_key_id",
+    "session_id",
+)
+
+#: token_events columns the sink writes (ingested_at is the server's DEFAULT).
+ARROW_SCHEMA: Final = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("event_time", pa.timestamp("ms", tz="UTC")),
+        *((name, pa.string()) for name in _STRINGS),
+        ("turn", pa.uint32()),
+        ("client", pa.string()),
+        ("task_type", pa.string()),
+        ("provider", pa.string()),
+        ("model", pa.string()),
+        *((name, pa.uint64()) for name in TOKEN_FIELDS),
+        ("cost_nanos", pa.uint64()),
+        ("cost_source", pa.string()),
+        ("price_version", pa.string()),
+        ("status", pa.string()),
+        ("labels", pa.map_(pa.string(), pa.string())),
+        ("kafka_partition", pa.uint32()),
+        ("kafka_offset", pa.uint64()),
+    ]
+)
+
+MS_PER_HOUR: Final = 3_600_000
+
+
+def canonical_event_id(raw: str) -> str:
+    """The lowercase 36-character form ClickHouse returns, so that lookups compare equal."""
+    if len(raw) == 36:
+        return raw.lower()
+    return str(uuid.UUID(raw))
+
+
+@dataclasses.dataclass
+class Block:
+    """Rows ready to insert plus the Kafka positions they cover (all consumed messages).
+
+    ``ranges`` maps partition -> (first, last) offset of every message read for this block,
+    dead-lettered and duplicate ones included: committing ``last + 1`` is safe once the rows
+    are in ClickHouse (and dead letters delivered).
+    """
+
+    rows: list[Event]
+    ranges: dict[int, tuple[int, int]]
+    messages: int
+    dead: dict[str, int]  # dead-lettered messages by kind
+
+    def keys(self) -> list[tuple[int, str]]:
+        """(hour in epoch seconds, event_id) of every row: what the dedup lookup asks for."""
+        return [((r["event_time"] // MS_PER_HOUR) * 3600, r["event_id"]) for r in self.rows]
+
+    def token(self, topic: str, keep: Sequence[int]) -> str:
+        """Deterministic insert_deduplication_token: the positions covered and the rows kept.
+
+        A retry of the same prepared rows sends the same token (ClickHouse drops it, in
+        token_events and in every view target); a different selection of rows from the same
+        offsets (after a crash, the lookup may keep fewer) gets a different one.
+        """
+        digest = hashlib.blake2b(digest_size=8)
+        for index in keep:
+            row = self.rows[index]
+            digest.update(f"{row['kafka_partition']}:{row['kafka_offset']};".encode())
+        spans = ",".join(f"{p}:{a}-{b}" for p, (a, b) in sorted(self.ranges.items()))
+        return f"{topic}/{spans}/{len(keep)}/{digest.hexdigest()}"
+
+    def to_arrow(self, keep: Sequence[int] | None = None) -> pa.Table:
+        rows = self.rows if keep is None else [self.rows[i] for i in keep]
+        return pa.Table.from_pylist(rows, schema=ARROW_SCHEMA)
+
+
+class Buffer:
+    """Accumulates consumed messages until the next insert; one per sink, reused."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.rows: list[Event] = []
+        self.ranges: dict[int, tuple[int, int]] = {}
+        self.messages = 0
+        self.dead: dict[str, int] = {}
+        self._ids: set[str] = set()
+        self.started: float | None = None
+
+    def __len__(self) -> int:
+        return self.messages
+
+    def age(self, now: float | None = None) -> float:
+        if self.started is None:
+            return 0.0
+        return (time.monotonic() if now is None else now) - self.started
+
+    def note(self, partition: int, offset: int) -> None:
+        """Record that a message was consumed (whatever became of it)."""
+        if self.started is None:
+            self.started = time.monotonic()
+        self.messages += 1
+        span = self.ranges.get(partition)
+        self.ranges[partition] = (offset, offset) if span is None else (span[0], offset)
+
+    def dead_letter(self, partition: int, offset: int, kind: str) -> None:
+        self.note(partition, offset)
+        self.dead[kind] = self.dead.get(kind, 0) + 1
+
+    def add(self, event: Event, price: Price, partition: int, offset: int) -> bool:
+        """Add a valid event; False (and nothing added) when its id is already in the buffer."""
+        self.note(partition, offset)
+        event_id = canonical_event_id(event["event_id"])
+        if event_id in self._ids:
+            return False
+        self._ids.add(event_id)
+        event["event_id"] = event_id
+        event["cost_nanos"] = price.cost_nanos
+        event["cost_source"] = price.source
+        event["price_version"] = price.price_version
+        event["kafka_partition"] = partition
+        event["kafka_offset"] = offset
+        self.rows.append(event)
+        return True
+
+    def take(self) -> Block:
+        """Hand the contents over as a Block and start empty."""
+        block = Block(self.rows, self.ranges, self.messages, self.dead)
+        self.clear()
+        return block
