@@ -326,6 +326,9 @@ class Worker:
             web_enabled=self.config.web,
             consumer_auto_offset_reset="earliest",
             broker_commit_interval=1.0,
+            # a SIGKILLed worker's partitions move to the survivors within ~10 s, not 60
+            broker_session_timeout=10.0,
+            broker_heartbeat_interval=3.0,
             stream_buffer_maxsize=16,
             producer_linger_ms=2,
             producer_max_request_size=4 * 1024 * 1024,

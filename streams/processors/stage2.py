@@ -120,6 +120,9 @@ class BudgetTotals:
         self.now_ms = now_ms or wall
         self.applied = -1
         self.watermark = 0
+        #: event-time watermark of each source partition; spikes are judged on the lowest so
+        #: that a minute is complete in every partition before it is compared
+        self.source_wm: dict[int, int] = {}
         self.buckets: dict[tuple[str, int], Bucket] = {}
         self.orgs: dict[tuple[str, int], Bucket] = {}
         self.org_first: dict[str, int] = {}
@@ -163,6 +166,8 @@ class BudgetTotals:
             self.applied = offset
             if msg["wm"] > self.watermark:
                 self.watermark = msg["wm"]
+            if msg["wm"] > self.source_wm.get(msg["p"], 0):
+                self.source_wm[msg["p"]] = msg["wm"]
             key = (msg["id"], msg["s"])
             if msg["k"] == "o":
                 bucket = self.orgs.get(key)
@@ -338,7 +343,8 @@ class BudgetTotals:
         first = self.org_first.get(org, 0)
         last = self.org_judged.get(org, first - MINUTE_MS)
         minute = last + MINUTE_MS
-        while minute + MINUTE_MS + rules.grace_ms <= self.watermark:
+        low = min(self.source_wm.values(), default=0)
+        while minute + MINUTE_MS + rules.grace_ms <= low:
             bucket = self.orgs.get((org, minute))
             self.org_judged[org] = minute
             if bucket is not None:
@@ -393,6 +399,7 @@ class BudgetTotals:
         return {
             "applied": self.applied,
             "wm": self.watermark,
+            "source_wm": [[p, w] for p, w in self.source_wm.items()],
             "buckets": [[k[0], k[1], b.to_list()] for k, b in self.buckets.items()],
             "orgs": [[k[0], k[1], b.to_list()] for k, b in self.orgs.items()],
             "org_first": self.org_first,
@@ -405,6 +412,7 @@ class BudgetTotals:
     def restore(self, state: Mapping[str, Any]) -> None:
         self.applied = int(state["applied"])
         self.watermark = int(state["wm"])
+        self.source_wm = {p: w for p, w in state["source_wm"]}
         self.buckets = {(b[0], b[1]): Bucket.from_list(b[2]) for b in state["buckets"]}
         self.orgs = {(b[0], b[1]): Bucket.from_list(b[2]) for b in state["orgs"]}
         self.org_first = dict(state["org_first"])

@@ -1,0 +1,498 @@
+"""A scripted stretch of a day for three orgs, through real `spendstream worker` processes.
+
+Ground truth is known by construction: reported costs, one intentional runaway session, one
+intentional spend spike, a block-mode team, a budget created mid-period whose earlier spend is
+only in ClickHouse, late events, re-sent duplicates and garbage. The worker must raise exactly
+the expected alerts (checked by their deterministic ids, read with kcat as an outside client),
+also when SIGKILLed and restarted in the middle, and two workers must give the same result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from streams.app import partials_topic, worker_topics
+from streams.budgets import publish
+from streams.deadletter import DeadLetter
+from streams.events import from_epoch_ms, now_ms, partition_key
+from streams.migrate import Migrator, Target
+from streams.processors.alerts import (
+    forecast_alert_id,
+    runaway_alert_id,
+    spike_alert_id,
+    threshold_alert_id,
+)
+from streams.processors.budgets import Budget, budget_from_spec
+from streams.processors.periods import MINUTE_MS, calendar_period
+from streams.serde import AvroCodec
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+CODEC = AvroCodec("token_event")
+ALERTS = AvroCodec("budget_alert")
+PARTITIONS = 4
+USD = 1_000_000_000
+CENT = USD // 100
+
+
+def _noon_zone(now: int) -> str:
+    """A fixed-offset zone where it is about noon now, so that the scripted hours and their
+    day and month periods never straddle a local midnight whenever the test runs."""
+    hour = from_epoch_ms(now).hour
+    offset = 12 - hour  # local = utc + offset; Etc/GMT signs are inverted
+    offset = max(-12, min(12, offset if offset <= 12 else offset - 24))
+    return "UTC" if offset == 0 else f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
+
+
+def _event(t: int, org: str, team: str, user: str, cost: int, **fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()),
+        "event_time": t,
+        "org_id": org,
+        "team_id": team,
+        "user_id": user,
+        "project_id": None,
+        "api_key_id": None,
+        "session_id": None,
+        "turn": None,
+        "client": "claude-code",
+        "task_type": "agentic",
+        "provider": "anthropic",
+        "model": "claude-sonnet-4-5",
+        "input_tokens": 1000,
+        "cache_read_tokens": 0,
+        "cache_write_5m_tokens": 0,
+        "cache_write_1h_tokens": 0,
+        "output_tokens": 100,
+        "reasoning_tokens": 0,
+        "cost_nanos": cost,
+        "status": "ok",
+        "labels": {},
+    }
+    base.update(fields)
+    return base
+
+
+@dataclasses.dataclass
+class Scenario:
+    settings: Settings
+    budgets: list[Budget]
+    history: list[dict[str, Any]]  # only in ClickHouse (before the mid-period budget existed)
+    first: list[tuple[bytes | None, bytes]]  # (key, value) produced before the crash
+    second: list[tuple[bytes | None, bytes]]
+    expected: dict[str, str]  # alert id -> kind
+    dead_expected: dict[str, int]  # dead-letter kind -> count
+
+
+def build_scenario(settings: Settings) -> Scenario:
+    now = now_ms()
+    zone = _noon_zone(now)
+    start = now - 150 * MINUTE_MS
+    start -= start % MINUTE_MS
+    day = calendar_period(now, "day", zone)
+    assert day.start <= start, "the scripted hours must lie inside one local day"
+
+    events: list[dict[str, Any]] = []
+    # steady traffic: every minute for 150 minutes, 2 events per org, fixed costs
+    for m in range(150):
+        t = start + m * MINUTE_MS + 1_000
+        events.append(_event(t, "acme", "acme-web", "ana", 40 * CENT))
+        events.append(_event(t + 500, "acme", "acme-data", "bo", 20 * CENT))
+        events.append(_event(t + 1_000, "bolt", "bolt-platform", "cy", 30 * CENT))
+        events.append(_event(t + 1_500, "bolt", "bolt-ml", "di", 10 * CENT))
+        events.append(_event(t + 2_000, "cove", "cove-core", "ed", 25 * CENT))
+    # cove spends 20x its usual minute once (spike), at minute 100
+    spike_minute = start + 100 * MINUTE_MS
+    events.extend(
+        _event(spike_minute + 5_000 + i, "cove", "cove-core", "ed", 50 * CENT) for i in range(20)
+    )
+    # a runaway agent session in acme: context re-sent and growing every turn
+    session = "sess-runaway"
+    for turn in range(1, 13):
+        events.append(
+            _event(
+                start + (40 + turn) * MINUTE_MS + 7_000,
+                "acme",
+                "acme-web",
+                "ana",
+                1 * CENT,
+                session_id=session,
+                turn=turn,
+                input_tokens=20_000 * turn,
+                cache_read_tokens=20_000 * turn,
+            )
+        )
+    events.sort(key=lambda e: e["event_time"])
+    # probes on one partition (same session key): a too-late and an acceptable late event
+    probe_t = start + 120 * MINUTE_MS
+    probe = [
+        _event(probe_t, "bolt", "bolt-ml", "di", 1, session_id="probe", turn=1),
+        _event(probe_t - 10 * MINUTE_MS, "bolt", "bolt-ml", "di", 1, session_id="probe", turn=2),
+        _event(probe_t - 2 * MINUTE_MS, "bolt", "bolt-ml", "di", 1, session_id="probe", turn=3),
+    ]
+    too_late = probe[1]
+    messages: list[tuple[bytes | None, bytes]] = []
+    probe_index = next(i for i, e in enumerate(events) if e["event_time"] > probe_t + MINUTE_MS)
+    ordered = events[:probe_index] + probe + events[probe_index:]
+    for e in ordered:
+        messages.append((partition_key(e), CODEC.encode(e)))
+    # re-sent duplicates (same key, same bytes) spread through the stream
+    for i in range(0, len(ordered), 37):
+        dup = ordered[i]
+        messages.insert(min(len(messages), i + 3), (partition_key(dup), CODEC.encode(dup)))
+    messages.insert(300, (b"garbage", b"\xc3\x01not-avro-at-all"))
+    messages.insert(
+        500,
+        (
+            b"bad",
+            CODEC.encode(_event(start + 50 * MINUTE_MS, "acme", "a", "b", 1, input_tokens=-5)),
+        ),
+    )
+    half = len(messages) // 2
+
+    # budgets (limits chosen from the known totals; the last event of each minute lands late)
+    counted = [e for e in ordered if e is not too_late]
+    spend: dict[str, int] = {}
+    for e in counted:
+        spend[e["org_id"]] = spend.get(e["org_id"], 0) + e["cost_nanos"]
+        spend[e["team_id"]] = spend.get(e["team_id"], 0) + e["cost_nanos"]
+    created = start + 110 * MINUTE_MS + 30_000  # cove's budget appears after most spend
+    long_ago = start - 40 * 24 * 60 * MINUTE_MS
+    history = [e for e in counted if e["org_id"] == "cove" and e["event_time"] < created]
+    acme = budget_from_spec(
+        {
+            "id": "acme-day",
+            "scope": {"org": "acme"},
+            "period": "day",
+            "timezone": zone,
+            "limit_usd": str(spend["acme"] * 100 // 90 / USD),
+            "forecast": True,
+        },
+        now_ms=long_ago,
+    )
+    bolt = budget_from_spec(
+        {
+            "id": "bolt-platform-block",
+            "scope": {"org": "bolt", "team": "bolt-platform"},
+            "period": "month",
+            "timezone": zone,
+            "mode": "block",
+            "limit_usd": str(spend["bolt-platform"] * 100 // 120 / USD),
+        },
+        now_ms=long_ago,
+    )
+    cove = budget_from_spec(
+        {
+            "id": "cove-month",
+            "scope": {"org": "cove"},
+            "period": "month",
+            "timezone": zone,
+            "limit_usd": str(spend["cove"] * 100 // 85 / USD),
+        },
+        now_ms=created,
+    )
+    budgets = [acme, bolt, cove]
+
+    month = calendar_period(now, "month", zone)
+    expected = {
+        threshold_alert_id("acme-day", day.start, 50): "threshold_crossed",
+        threshold_alert_id("acme-day", day.start, 80): "threshold_crossed",
+        forecast_alert_id("acme-day", day.start): "forecast_breach",
+        threshold_alert_id("bolt-platform-block", month.start, 50): "threshold_crossed",
+        threshold_alert_id("bolt-platform-block", month.start, 80): "threshold_crossed",
+        threshold_alert_id("bolt-platform-block", month.start, 100): "threshold_crossed",
+        threshold_alert_id("cove-month", month.start, 50): "threshold_crossed",
+        threshold_alert_id("cove-month", month.start, 80): "threshold_crossed",
+        runaway_alert_id(session, "context_growth"): "runaway_session",
+        spike_alert_id("org_id=cove", spike_minute): "spend_spike",
+    }
+    return Scenario(
+        settings=settings,
+        budgets=budgets,
+        history=history,
+        first=messages[:half],
+        second=messages[half:],
+        expected=expected,
+        dead_expected={"late": 1, "decode": 1, "invalid": 1},
+    )
+
+
+# ---------------------------------------------------------------------------- running workers
+
+
+def _unique_settings(base: Settings) -> Settings:
+    run = uuid.uuid4().hex[:8]
+    return dataclasses.replace(
+        base,
+        kafka_bootstrap=base.kafka_client_config()["bootstrap.servers"],
+        clickhouse_url=base.clickhouse_http_url,
+        topic_events=f"test.w{run}.events",
+        topic_deadletter=f"test.w{run}.deadletter",
+        topic_alerts=f"test.w{run}.alerts",
+        topic_rollups=f"test.w{run}.rollups",
+        topic_budgets=f"test.w{run}.budgets",
+        topic_enforcement=f"test.w{run}.enforcement",
+        event_partitions=PARTITIONS,
+        worker_id=f"test-worker-{run}",
+        worker_flush_seconds=0.5,
+    )
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPENDSTREAM_")}
+    values = {
+        "KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CLICKHOUSE_URL": settings.clickhouse_url,
+        "CLICKHOUSE_DATABASE": settings.clickhouse_database,
+        "TOPIC_EVENTS": settings.topic_events,
+        "TOPIC_DEADLETTER": settings.topic_deadletter,
+        "TOPIC_ALERTS": settings.topic_alerts,
+        "TOPIC_ROLLUPS": settings.topic_rollups,
+        "TOPIC_BUDGETS": settings.topic_budgets,
+        "TOPIC_ENFORCEMENT": settings.topic_enforcement,
+        "EVENT_PARTITIONS": str(settings.event_partitions),
+        "WORKER_ID": settings.worker_id,
+        "WORKER_FLUSH_SECONDS": str(settings.worker_flush_seconds),
+        "LOG_LEVEL": "INFO",
+    }
+    env.update({f"SPENDSTREAM_{k}": str(v) for k, v in values.items() if v is not None})
+    return env
+
+
+class Workers:
+    def __init__(self, settings: Settings, logs: Path) -> None:
+        self.settings = settings
+        self.logs = logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from streams.cli import main; main()", "worker"],
+            env=_env(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def assert_alive(self) -> None:
+        for proc in self.procs:
+            if proc.returncode is None and proc.poll() is not None:
+                raise AssertionError(f"worker exited with {proc.returncode}: see {self.logs}")
+
+
+def _produce(settings: Settings, messages: list[tuple[bytes | None, bytes]]) -> None:
+    producer = Producer(
+        {**settings.kafka_client_config(), "enable.idempotence": True, "linger.ms": 5}
+    )
+    for key, value in messages:
+        producer.produce(settings.topic_events, value=value, key=key)
+    assert producer.flush(30) == 0
+
+
+def _lag(settings: Settings, topic: str, group: str) -> int:
+    consumer = Consumer(
+        {**settings.kafka_client_config(), "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        parts = [TopicPartition(topic, p) for p in range(settings.event_partitions)]
+        committed = consumer.committed(parts, timeout=10)
+        lag = 0
+        for tp in committed:
+            _, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, tp.partition), timeout=10
+            )
+            lag += high - (tp.offset if tp.offset >= 0 else 0)
+        return lag
+    finally:
+        consumer.close()
+
+
+def _wait_caught_up(settings: Settings, workers: Workers, timeout: float = 150) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers.assert_alive()
+        if (
+            _lag(settings, settings.topic_events, settings.worker_id) == 0
+            and _lag(settings, partials_topic(settings), settings.worker_id) == 0
+        ):
+            return
+        time.sleep(1)
+    raise AssertionError(f"worker did not catch up within {timeout}s; logs in {workers.logs}")
+
+
+def _wait_for_progress(settings: Settings, workers: Workers, produced: int) -> None:
+    """Until the worker has committed some of what was produced (then it is mid-stream)."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        workers.assert_alive()
+        if _lag(settings, settings.topic_events, settings.worker_id) < produced:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"worker made no progress; logs in {workers.logs}")
+
+
+def _kcat(settings: Settings, topic: str) -> list[str]:
+    """Keys on ``topic`` as seen by kcat, an independent Kafka client."""
+    out = subprocess.run(
+        [
+            "kcat",
+            "-b",
+            settings.kafka_bootstrap or "",
+            "-C",
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%k\n",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    return [line for line in out.stdout.decode().splitlines() if line]
+
+
+def _read_all(settings: Settings, topic: str) -> list[Any]:
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": f"t-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    found: list[Any] = []
+    idle = time.monotonic()
+    while time.monotonic() - idle < 4:
+        msg = consumer.poll(0.5)
+        if msg is None or msg.error():
+            continue
+        found.append(msg)
+        idle = time.monotonic()
+    consumer.close()
+    return found
+
+
+@pytest.fixture
+def scenario(stack_settings: Settings, clickhouse_client: Any) -> Scenario:
+    settings = _unique_settings(stack_settings)
+    Migrator(clickhouse_client, Target.from_settings(settings)).migrate()
+    ensure_topics(settings, worker_topics(settings))
+    built = build_scenario(settings)
+    columns = [
+        "event_id",
+        "event_time",
+        "org_id",
+        "team_id",
+        "user_id",
+        "client",
+        "provider",
+        "model",
+        "task_type",
+        "status",
+        "input_tokens",
+        "output_tokens",
+        "cost_nanos",
+    ]
+    rows = [
+        [
+            uuid.UUID(e["event_id"]),
+            dt.datetime.fromtimestamp(e["event_time"] / 1000, dt.UTC),
+            *(e[c] for c in columns[2:]),
+        ]
+        for e in built.history
+    ]
+    clickhouse_client.insert("token_events", rows, column_names=columns)
+    publish(settings, {b.budget_id: b for b in built.budgets})
+    return built
+
+
+def _check(s: Scenario, workers: Workers) -> dict[str, str]:
+    _wait_caught_up(s.settings, workers)
+    time.sleep(3)  # stage 2 publishes right after its batch; leave margin for the last alerts
+    keys = _kcat(s.settings, s.settings.topic_alerts)
+    assert len(keys) == len(set(keys)), f"duplicated alerts: {sorted(keys)}"
+    alerts = {
+        m.key().decode(): ALERTS.decode(m.value())
+        for m in _read_all(s.settings, s.settings.topic_alerts)
+    }
+    assert set(alerts) == set(keys)
+    seen = {aid: a["kind"] for aid, a in alerts.items()}
+    missing = {k: v for k, v in s.expected.items() if k not in seen}
+    extra = {k: (alerts[k]["kind"], alerts[k]["message"]) for k in seen if k not in s.expected}
+    assert not missing and not extra, f"missing {missing}; unexpected {extra}"
+    dead: dict[str, int] = {}
+    for msg in _read_all(s.settings, s.settings.topic_deadletter):
+        kind = DeadLetter.from_headers(msg.headers()).kind
+        dead[kind] = dead.get(kind, 0) + 1
+    assert dead == s.dead_expected
+    blocks = {
+        m.key().decode(): json.loads(m.value())
+        for m in _read_all(s.settings, s.settings.topic_enforcement)
+        if m.value()
+    }
+    assert set(blocks) == {"bolt-platform-block"}
+    assert blocks["bolt-platform-block"]["blocked"] is True
+    return seen
+
+
+def test_scripted_day_exact_alerts_through_sigkill(scenario: Scenario, tmp_path: Path) -> None:
+    workers = Workers(scenario.settings, tmp_path)
+    try:
+        proc = workers.start()
+        _produce(scenario.settings, scenario.first)
+        _wait_for_progress(scenario.settings, workers, len(scenario.first))
+        workers.kill(proc)
+        _produce(scenario.settings, scenario.second)
+        workers.start()
+        _check(scenario, workers)
+    finally:
+        workers.stop_all()
+
+
+def test_two_workers_give_the_same_alerts(scenario: Scenario, tmp_path: Path) -> None:
+    workers = Workers(scenario.settings, tmp_path)
+    try:
+        workers.start()
+        workers.start()
+        _produce(scenario.settings, scenario.first)
+        time.sleep(2)
+        _produce(scenario.settings, scenario.second)
+        _check(scenario, workers)
+    finally:
+        workers.stop_all()
