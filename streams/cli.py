@@ -50,11 +50,13 @@ def _register() -> None:
     from streams.demo import demo
     from streams.local.cli import local
     from streams.migrate import migrate_command
+    from streams.query.cli import report
     from streams.sink.cli import sink_command
 
     main.add_command(local)
     main.add_command(migrate_command)
     main.add_command(sink_command)
+    main.add_command(report)
     main.add_command(worker_command)
     main.add_command(budgets_cli)
     main.add_command(demo)
