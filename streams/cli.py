@@ -51,12 +51,14 @@ def _register() -> None:
     from streams.local.cli import local
     from streams.migrate import migrate_command
     from streams.query.cli import report
+    from streams.sink.backfill import backfill_command
     from streams.sink.cli import sink_command
 
     main.add_command(local)
     main.add_command(migrate_command)
     main.add_command(sink_command)
     main.add_command(report)
+    main.add_command(backfill_command)
     main.add_command(worker_command)
     main.add_command(budgets_cli)
     main.add_command(demo)
