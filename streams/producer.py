@@ -138,6 +138,8 @@ def event_from_otel(
 class TokenEventProducer:
     """Publishes token events to Kafka; create one per process and share it."""
 
+    _enforcement: Any = None  # streams.enforcement.EnforcementWatcher once watched
+
     def __init__(
         self,
         settings: Settings | None = None,
@@ -232,9 +234,34 @@ class TokenEventProducer:
         """Wait for every queued event to be acknowledged or failed; returns how many remain."""
         return int(self._producer.flush(timeout))
 
+    def watch_enforcement(self, timeout: float = 30.0) -> None:
+        """Follow the block states of block-mode budgets, so that ``check()`` answers locally."""
+        from streams.enforcement import EnforcementWatcher
+
+        if self._enforcement is None:
+            self._enforcement = EnforcementWatcher(self.settings).start(timeout)
+
+    def check(
+        self,
+        org_id: str | None = None,
+        team_id: str | None = None,
+        user_id: str | None = None,
+        **attributes: Any,
+    ) -> Any:
+        """The Block stopping a request by this org/team/user, or None to go ahead (~1 us).
+
+        Call ``watch_enforcement()`` once first; see streams/enforcement.py for the delay.
+        """
+        watcher = self._enforcement
+        if watcher is None:
+            return None
+        return watcher.check(org_id, team_id, user_id, **attributes)
+
     def close(self, timeout: float = 30.0) -> None:
         if self._closed:
             return
+        if self._enforcement is not None:
+            self._enforcement.stop()
         remaining = self.flush(timeout)
         self._closed = True
         if remaining:
