@@ -5,7 +5,7 @@
 SELECT hour, sum(requests) AS requests, sum(input_tokens) AS input_tokens, sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_5m_tokens) AS cache_write_5m_tokens, sum(cache_write_1h_tokens) AS cache_write_1h_tokens, sum(output_tokens) AS output_tokens, sum(reasoning_tokens) AS reasoning_tokens, sum(cost_nanos) AS cost_nanos, sum(unpriced_requests) AS unpriced_requests, uniqExactMerge(sessions) AS sessions
 FROM (
     SELECT hour, sum(requests) AS requests, sum(input_tokens) AS input_tokens, sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_5m_tokens) AS cache_write_5m_tokens, sum(cache_write_1h_tokens) AS cache_write_1h_tokens, sum(output_tokens) AS output_tokens, sum(reasoning_tokens) AS reasoning_tokens, sum(cost_nanos) AS cost_nanos, sum(unpriced_requests) AS unpriced_requests, uniqExactMergeState(sessions) AS sessions
-    FROM `spendstream`.`spend_hourly`
+    FROM `spendstream`.`spend_team_hourly`
     WHERE hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}
     GROUP BY hour
 )

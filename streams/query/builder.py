@@ -45,6 +45,12 @@ MEASURES: Final = (
     ("unpriced_requests", "countIf(cost_source = 'unpriced')"),
 )
 RAW_SESSIONS: Final = "uniqExactStateIf(session_id, session_id != '')"
+#: rollup families, narrowest first: (columns they keep, hourly table, daily table)
+LEVELS: Final = (
+    (frozenset({"org_id", "team_id"}), "spend_team_hourly", "spend_team_daily"),
+    (frozenset({"org_id", "team_id", "user_id"}), "spend_user_hourly", "spend_user_daily"),
+    (frozenset(DIMENSIONS.values()), "spend_hourly", "spend_daily"),
+)
 
 Source = Literal["raw", "hourly", "daily"]
 
@@ -118,11 +124,18 @@ class Builder:
 
     def __init__(self, target: Target | None = None) -> None:
         target = target or Target()
-        self.tables = {
-            "raw": target.table("token_events"),
-            "hourly": target.table("spend_hourly"),
-            "daily": target.table("spend_daily"),
-        }
+        self.raw = target.table("token_events")
+        self.levels = [
+            (columns, {"hourly": target.table(hourly), "daily": target.table(daily)})
+            for columns, hourly, daily in LEVELS
+        ]
+
+    def tables_for(self, columns: set[str]) -> dict[str, str]:
+        """The narrowest rollup family keeping every grouped or filtered column, plus raw."""
+        for kept, tables in self.levels:
+            if columns <= kept:
+                return {"raw": self.raw, **tables}
+        raise QueryError(f"no rollup keeps {sorted(columns)}")
 
     # -- spend ---------------------------------------------------------------------------------
 
@@ -145,9 +158,11 @@ class Builder:
         params: dict[str, str] = {}
         where = self._filters(filters or {}, params)
         pieces = plan_pieces(start, end, days=days and not bucket_hours)
+        filtered = {self._dimension(name) for name in filters or {}}
+        tables = self.tables_for(set(columns) | filtered)
         selects = []
         for i, piece in enumerate(pieces):
-            selects.append(self._piece(piece, i, columns, where, params, bucket_hours))
+            selects.append(self._piece(piece, i, columns, where, params, bucket_hours, tables))
         keys = (["hour"] if bucket_hours else []) + columns
         outer = [*keys]
         outer += [f"sum({name}) AS {name}" for name, _ in MEASURES]
@@ -171,6 +186,7 @@ class Builder:
         where: str,
         params: dict[str, str],
         bucket_hours: bool,
+        tables: Mapping[str, str],
     ) -> str:
         time_column, time_type = _TIME[piece.source]
         lo, hi = f"p{index}_start", f"p{index}_end"
@@ -188,7 +204,7 @@ class Builder:
         group = [k.split(" AS ")[-1] for k in keys]
         sql = (
             f"    SELECT {', '.join(keys + measures)}\n"
-            f"    FROM {self.tables[piece.source]}\n"
+            f"    FROM {tables[piece.source]}\n"
             f"    WHERE {time_column} >= {{{lo}:{time_type}}}"
             f" AND {time_column} < {{{hi}:{time_type}}}{where}"
         )
@@ -216,7 +232,7 @@ class Builder:
             "+ cache_write_1h_tokens) AS prompt_tokens, sum(output_tokens) AS output_tokens, "
             "sum(cost_nanos) AS cost_nanos, min(event_time) AS first_seen, "
             "max(event_time) AS last_seen\n"
-            f"FROM {self.tables['raw']}\n"
+            f"FROM {self.raw}\n"
             "WHERE event_time >= {start:DateTime64(3, 'UTC')} "
             "AND event_time < {end:DateTime64(3, 'UTC')} AND session_id != ''"
             f"{where}\n"

@@ -3,7 +3,9 @@
 The rollups are fed by views from the moment they exist (never ``POPULATE``); this rebuilds a
 range after the fact, e.g. a rollup added by a later migration or one repaired after an
 incident: delete the range from the rollup, then insert the view's own SELECT restricted to
-the range. The SELECT is taken from the migration that created the view, so it cannot drift.
+the range. The SELECT is taken from the migration that created the view, so it cannot drift;
+the rollups fed by views on the rebuilt one (per user, per team) are cleared with it and
+refilled by the rebuild's insert.
 
 Rows that the sink inserts into the range WHILE it is rebuilt may be counted twice or not at
 all: rebuild ranges that still receive events with the sink stopped.
@@ -24,6 +26,11 @@ from streams.migrate import Migration, Target, load_migrations, render
 ROLLUPS = {
     "spend_hourly": ("hour", dt.timedelta(hours=1)),
     "spend_daily": ("day", dt.timedelta(days=1)),
+}
+#: rollups fed by views on a rollup: cleared with it, refilled by its rebuild
+CASCADES = {
+    "spend_hourly": ("spend_user_hourly", "spend_team_hourly"),
+    "spend_daily": ("spend_user_daily", "spend_team_daily"),
 }
 _VIEW = re.compile(r"CREATE MATERIALIZED VIEW IF NOT EXISTS `?\w+`?\.`?(\w+)`?", re.IGNORECASE)
 
@@ -70,12 +77,13 @@ def backfill(client: Any, target: Target, rollup: str, start: dt.datetime, end: 
     fmt = "%Y-%m-%d" if column == "day" else "%Y-%m-%d %H:%M:%S"
     table = target.table(rollup)
     param_type = "Date" if column == "day" else "DateTime('UTC')"
-    client.command(
-        f"ALTER TABLE {table} DELETE WHERE {column} >= {{lo:{param_type}}} "
-        f"AND {column} < {{hi:{param_type}}}",
-        parameters={"lo": start.strftime(fmt), "hi": end.strftime(fmt)},
-        settings={"mutations_sync": 2},
-    )
+    for name in (*CASCADES[rollup], rollup):
+        client.command(
+            f"ALTER TABLE {target.table(name)} DELETE WHERE {column} >= {{lo:{param_type}}} "
+            f"AND {column} < {{hi:{param_type}}}",
+            parameters={"lo": start.strftime(fmt), "hi": end.strftime(fmt)},
+            settings={"mutations_sync": 2},
+        )
     select = view_select(rollup, target)
     bounds = {
         "start": start.strftime("%Y-%m-%d %H:%M:%S.000"),

@@ -57,8 +57,10 @@ def test_backfill_rebuilds_a_lost_range_exactly(clickhouse_settings: Settings) -
         result = CliRunner().invoke(main, ["backfill", "--from", lo, "--to", hi], env=env)
         assert result.exit_code == 0, result.output
         assert "spend_hourly: rebuilt" in result.output and "spend_daily: rebuilt" in result.output
-        assert client.query(TOTALS.format("spend_hourly")).result_rows[0] == truth
-        assert client.query(TOTALS.format("spend_daily")).result_rows[0][:2] == truth[:2]
+        for rollup in ("spend_hourly", "spend_user_hourly", "spend_team_hourly"):
+            assert client.query(TOTALS.format(rollup)).result_rows[0] == truth, rollup
+        for rollup in ("spend_daily", "spend_user_daily", "spend_team_daily"):
+            assert client.query(TOTALS.format(rollup)).result_rows[0][:2] == truth[:2], rollup
     client.close()
     admin.command(f"DROP DATABASE `{settings.clickhouse_database}`")
     admin.close()

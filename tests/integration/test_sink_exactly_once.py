@@ -94,6 +94,15 @@ def load(
 
 
 _truths: dict[int, dict[str, Any]] = {}
+#: every rollup: its time column (expression for the truth) and its grouping columns
+ROLLUPS = {
+    "spend_hourly": ("hour", DIMENSIONS),
+    "spend_daily": ("day", DIMENSIONS),
+    "spend_user_hourly": ("hour", ("org_id", "team_id", "user_id")),
+    "spend_user_daily": ("day", ("org_id", "team_id", "user_id")),
+    "spend_team_hourly": ("hour", ("org_id", "team_id")),
+    "spend_team_daily": ("day", ("org_id", "team_id")),
+}
 
 
 def ground_truth(sent: list[events.Event]) -> dict[str, Any]:
@@ -104,18 +113,20 @@ def ground_truth(sent: list[events.Event]) -> dict[str, Any]:
     unique: dict[str, events.Event] = {}
     for event in sent:
         unique.setdefault(event["event_id"], event)
-    hourly: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * (len(SUMS) + 1))
-    daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * (len(SUMS) + 1))
+    rollups: dict[str, dict[tuple[Any, ...], list[int]]] = {
+        name: defaultdict(lambda: [0] * (len(SUMS) + 1)) for name in ROLLUPS
+    }
     sessions: dict[str, set[str]] = defaultdict(set)
     totals = [0] * len(SUMS)
     for event in unique.values():
         cost = catalog.price(event).cost_nanos
         values = [event[f] for f in events.TOKEN_FIELDS] + [cost]
-        dims = tuple(event[d] or "" for d in DIMENSIONS)
-        hour = event["event_time"] // 3_600_000 * 3600
-        day = event["event_time"] // DAY_MS
-        for table, key in ((hourly, (hour, *dims)), (daily, (day, *dims))):
-            row = table[key]
+        times = {
+            "hour": event["event_time"] // 3_600_000 * 3600,
+            "day": event["event_time"] // DAY_MS,
+        }
+        for name, (time_column, dims) in ROLLUPS.items():
+            row = rollups[name][(times[time_column], *(event[d] or "" for d in dims))]
             row[0] += 1
             for i, value in enumerate(values, 1):
                 row[i] += value
@@ -126,8 +137,7 @@ def ground_truth(sent: list[events.Event]) -> dict[str, Any]:
     truth = _truths[id(sent)] = {
         "events": len(unique),
         "totals": totals,
-        "hourly": {k: tuple(v) for k, v in hourly.items()},
-        "daily": {k: tuple(v) for k, v in daily.items()},
+        "rollups": {name: {k: tuple(v) for k, v in rows.items()} for name, rows in rollups.items()},
         "sessions": {org: len(ids) for org, ids in sessions.items()},
     }
     return truth
@@ -143,26 +153,25 @@ def assert_exact(settings: Settings, sent: list[events.Event]) -> None:
         count, distinct, *totals = row.result_rows[0]
         assert (count, distinct) == (truth["events"], truth["events"])
         assert list(totals) == truth["totals"]
-        for table, time_key, expected in (
-            ("spend_hourly", "toUnixTimestamp(hour)", truth["hourly"]),
-            ("spend_daily", "toUInt32(day)", truth["daily"]),
-        ):
+        for table, (time_column, dims) in ROLLUPS.items():
+            key = "toUnixTimestamp(hour)" if time_column == "hour" else "toUInt32(day)"
             query = (
-                f"SELECT {time_key}, {', '.join(DIMENSIONS)}, sum(requests), "
+                f"SELECT {key}, {', '.join(dims)}, sum(requests), "
                 f"{', '.join(f'sum({c})' for c in SUMS)} FROM {table} "
-                f"GROUP BY {time_key}, {', '.join(DIMENSIONS)}"
+                f"GROUP BY {key}, {', '.join(dims)}"
             )
             got = {
-                tuple(r[: len(DIMENSIONS) + 1]): tuple(r[len(DIMENSIONS) + 1 :])
+                tuple(r[: len(dims) + 1]): tuple(r[len(dims) + 1 :])
                 for r in client.query(query).result_rows
             }
-            assert got == expected, f"{table} differs from the ground truth"
-        sessions = dict(
-            client.query(
-                "SELECT org_id, uniqExactMerge(sessions) FROM spend_hourly GROUP BY org_id"
-            ).result_rows
-        )
-        assert sessions == truth["sessions"]
+            assert got == truth["rollups"][table], f"{table} differs from the ground truth"
+        for table in ("spend_hourly", "spend_team_daily"):
+            sessions = dict(
+                client.query(
+                    f"SELECT org_id, uniqExactMerge(sessions) FROM {table} GROUP BY org_id"
+                ).result_rows
+            )
+            assert sessions == truth["sessions"], table
     finally:
         client.close()
 

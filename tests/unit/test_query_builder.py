@@ -73,7 +73,7 @@ def test_spend_sql_is_exact_and_parameterised() -> None:
         "    GROUP BY team_id\n"
         "    UNION ALL\n"
         f"    SELECT team_id, {sums}, uniqExactMergeState(sessions) AS sessions\n"
-        "    FROM `db`.`spend_hourly`\n"
+        "    FROM `db`.`spend_team_hourly`\n"
         "    WHERE hour >= {p1_start:DateTime('UTC')} AND hour < {p1_end:DateTime('UTC')} "
         "AND org_id = {f_org_id:String}\n"
         "    GROUP BY team_id\n"
@@ -93,10 +93,19 @@ def test_spend_sql_is_exact_and_parameterised() -> None:
 
 
 def test_cluster_mode_reads_distributed_tables() -> None:
-    query = Builder(Target(cluster="c")).spend(at(2026, 3, 1), at(2026, 3, 2, 1, 30))
+    query = Builder(Target(cluster="c")).spend(at(2026, 3, 1), at(2026, 3, 2, 1, 30), by=["model"])
     assert "`spendstream`.`spend_daily_all`" in query.sql
     assert "`spendstream`.`spend_hourly_all`" in query.sql
     assert "`spendstream`.`token_events_all`" in query.sql
+
+
+def test_the_narrowest_rollup_with_every_column_is_read() -> None:
+    start, end = at(2026, 3, 1), at(2026, 3, 3)
+    assert "`spendstream`.`spend_team_daily`" in Builder().spend(start, end, ["org"]).sql
+    by_user = Builder().spend(start, end, ["user"], {"team": "t"}).sql
+    assert "`spendstream`.`spend_user_daily`" in by_user
+    by_model = Builder().spend(start, end, ["team"], {"model": "m"}).sql
+    assert "`spendstream`.`spend_daily`" in by_model
 
 
 def test_top_sessions_sql() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 
@@ -58,3 +59,18 @@ def test_cluster_backfill_is_refused() -> None:
     now = dt.datetime.now(UTC)
     with pytest.raises(MigrationError, match="each shard"):
         backfill(None, Target(cluster="c"), "spend_daily", now, now)
+
+
+def test_every_rollup_is_rebuilt_directly_or_by_cascade() -> None:
+    from streams.migrate import load_migrations
+    from streams.sink.backfill import CASCADES, ROLLUPS
+
+    created = {
+        m.group(1)
+        for migration in load_migrations()
+        for m in re.finditer(
+            r"CREATE TABLE IF NOT EXISTS \$\{database\}\.(spend_\w+)", migration.template
+        )
+    }
+    covered = set(ROLLUPS) | {name for names in CASCADES.values() for name in names}
+    assert created == covered
