@@ -29,9 +29,9 @@ def render_all() -> dict[str, str]:
     hours = "--param_start='2026-11-01 00:00:00' --param_end='2026-12-01 00:00:00'"
     specs = {
         "spend_by_org.sql": (
-            "Spend, tokens and sessions per org over whole UTC hours [start, end) (e.g. month "
-            "to date).",
-            builder.spend(start, end, ["org"], days=False),
+            "Spend, tokens and distinct sessions per org over whole UTC hours [start, end) "
+            "(e.g. month to date).",
+            builder.spend(start, end, ["org"], days=False, sessions=True),
             hours,
         ),
         "top_users.sql": (
@@ -46,7 +46,7 @@ def render_all() -> dict[str, str]:
         ),
         "task_share.sql": (
             "Agentic vs chat: requests, sessions and cost per task type.",
-            builder.spend(start, end, ["task_type"], days=False),
+            builder.spend(start, end, ["task_type"], days=False, sessions=True),
             hours,
         ),
         "burn_rate.sql": (

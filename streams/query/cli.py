@@ -66,11 +66,12 @@ def report() -> None:
 @report.command("spend")
 @click.option("--by", default="org", help=f"Comma list of: {', '.join(DIMENSIONS)}.")
 @click.option("--limit", type=int, default=50)
+@click.option("--sessions", is_flag=True, help="Also count distinct sessions (slower).")
 @_common
-def spend(by: str, limit: int, fmt: str, **kw: Any) -> None:
+def spend(by: str, limit: int, sessions: bool, fmt: str, **kw: Any) -> None:
     """Spend and tokens grouped by any dimensions (default: month to date by org)."""
     dims = [d.strip() for d in by.split(",") if d.strip()]
-    _run(fmt, lambda r, a: r.spend(a[0], dims, a[1], limit), **kw)
+    _run(fmt, lambda r, a: r.spend(a[0], dims, a[1], limit, sessions), **kw)
 
 
 @report.command("sessions")

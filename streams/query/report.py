@@ -124,17 +124,20 @@ class Reports:
         by: Sequence[str] = ("org",),
         filters: Mapping[str, str] | None = None,
         limit: int | None = 50,
+        sessions: bool = False,
     ) -> Report:
-        rows = self._rows(self.builder.spend(rng.start, rng.end, by, filters, limit))
+        query = self.builder.spend(rng.start, rng.end, by, filters, limit, sessions=sessions)
+        rows = self._rows(query)
         for row in rows:
             row["cost_usd"] = usd(row["cost_nanos"])
             row["cache_write_tokens"] = row["cache_write_5m_tokens"] + row["cache_write_1h_tokens"]
         dims = [self.builder._dimension(d) for d in by]
         columns = [*dims, "requests", "input_tokens", "cache_read_tokens"]
         columns += ["cache_write_5m_tokens", "cache_write_1h_tokens", "output_tokens"]
-        columns += ["reasoning_tokens", "sessions", "cost_usd", "cost_nanos"]
+        columns += ["reasoning_tokens", *(["sessions"] if sessions else []), "cost_usd"]
+        columns.append("cost_nanos")
         view = [*dims, "requests", "input_tokens", "cache_read_tokens", "cache_write_tokens"]
-        view += ["output_tokens", "sessions", "cost_usd"]
+        view += ["output_tokens", *(["sessions"] if sessions else []), "cost_usd"]
         return Report(_title("Spend", rng, by), columns, rows, _unpriced(rows), view)
 
     def top_sessions(
@@ -230,7 +233,8 @@ class Reports:
 
     def task_share(self, rng: TimeRange, filters: Mapping[str, str] | None = None) -> Report:
         """Agentic vs chat (every task type): share of cost and requests, cost per request."""
-        rows = self._rows(self.builder.spend(rng.start, rng.end, ("task_type",), filters))
+        query = self.builder.spend(rng.start, rng.end, ("task_type",), filters, sessions=True)
+        rows = self._rows(query)
         cost = sum(r["cost_nanos"] for r in rows) or 1
         requests = sum(r["requests"] for r in rows) or 1
         for row in rows:

@@ -68,8 +68,18 @@ def align(
     return lo, hi
 
 
-def backfill(client: Any, target: Target, rollup: str, start: dt.datetime, end: dt.datetime) -> int:
-    """Replace ``rollup`` rows in the (aligned) range by a rebuild; returns rollup rows written."""
+def backfill(
+    client: Any,
+    target: Target,
+    rollup: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    clear: bool = True,
+) -> int:
+    """Replace ``rollup`` rows in the (aligned) range by a rebuild; returns rollup rows written.
+
+    ``clear=False`` skips the deletes: only for ranges known to be empty (a first build).
+    """
     if target.cluster:
         raise MigrationError("backfill runs on one server; on a cluster run it on each shard")
     column, step = ROLLUPS[rollup]
@@ -77,7 +87,7 @@ def backfill(client: Any, target: Target, rollup: str, start: dt.datetime, end: 
     fmt = "%Y-%m-%d" if column == "day" else "%Y-%m-%d %H:%M:%S"
     table = target.table(rollup)
     param_type = "Date" if column == "day" else "DateTime('UTC')"
-    for name in (*CASCADES[rollup], rollup):
+    for name in (*CASCADES[rollup], rollup) if clear else ():
         client.command(
             f"ALTER TABLE {target.table(name)} DELETE WHERE {column} >= {{lo:{param_type}}} "
             f"AND {column} < {{hi:{param_type}}}",

@@ -93,7 +93,7 @@ def got(report: Any, dims: tuple[str, ...]) -> dict:
 def test_spend_by_org_and_model_matches_ground_truth(loaded: Loaded, spec: str, tz: str) -> None:
     rng = resolve(spec, tz, now=NOW)
     reports = Reports(loaded.client, Target.from_settings(loaded.settings))
-    report = reports.spend(rng, ["org", "model"], limit=None)
+    report = reports.spend(rng, ["org", "model"], limit=None, sessions=True)
     assert got(report, ("org_id", "model")) == expected(loaded.rows, rng, ("org_id", "model"))
 
 
@@ -103,7 +103,7 @@ def test_custom_minute_range_with_filter(loaded: Loaded) -> None:
     rng = resolve(None, "UTC", start=start, end=end)
     team = loaded.rows[0]["team_id"]
     report = Reports(loaded.client, Target.from_settings(loaded.settings)).spend(
-        rng, ["user", "task_type"], {"team": team}, limit=None
+        rng, ["user", "task_type"], {"team": team}, limit=None, sessions=True
     )
     assert got(report, ("user_id", "task_type")) == expected(
         loaded.rows, rng, ("user_id", "task_type"), team_id=team
@@ -178,7 +178,12 @@ def test_cli_json_and_csv(loaded: Loaded) -> None:
     assert result.exit_code == 0, result.output
     table = list(csv.DictReader(io.StringIO(result.output)))
     assert {r["task_type"] for r in table} == {"agentic", "chat", "completion"}
-    for command in (["sessions"], ["burn-rate"], ["cache"], ["spend", "--by", "team,client"]):
+    for command in (
+        ["sessions"],
+        ["burn-rate"],
+        ["cache"],
+        ["spend", "--by", "team,client", "--sessions"],
+    ):
         result = runner.invoke(main, ["report", *command, "--tz", "Europe/Paris"], env=env)
         assert result.exit_code == 0, result.output
     bad = runner.invoke(main, ["report", "spend", "--by", "colour"], env=env)

@@ -45,7 +45,12 @@ def test_plan_pieces_small_and_aligned_ranges() -> None:
 
 def test_spend_sql_is_exact_and_parameterised() -> None:
     query = Builder(Target(database="db")).spend(
-        at(2026, 3, 1, 10, 30), at(2026, 3, 1, 12), by=["team"], filters={"org": "o'1"}, limit=5
+        at(2026, 3, 1, 10, 30),
+        at(2026, 3, 1, 12),
+        by=["team"],
+        filters={"org": "o'1"},
+        limit=5,
+        sessions=True,
     )
     sums = (
         "sum(requests) AS requests, sum(input_tokens) AS input_tokens, "
@@ -90,6 +95,12 @@ def test_spend_sql_is_exact_and_parameterised() -> None:
         "p1_end": "2026-03-01 12:00:00",
         "limit": "5",
     }
+
+
+def test_sessions_are_merged_only_when_asked() -> None:
+    query = Builder().spend(at(2026, 3, 1), at(2026, 3, 2, 1, 30), by=["org"])
+    assert "sessions" not in query.sql
+    assert query.sql.startswith("SELECT org_id, sum(requests) AS requests,")
 
 
 def test_cluster_mode_reads_distributed_tables() -> None:
