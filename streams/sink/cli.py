@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 from types import FrameType
 
 import click
@@ -18,17 +19,22 @@ from streams.settings import env_name
     "--flush-seconds", type=float, envvar=env_name("sink_flush_seconds"), help="Max batch age."
 )
 @click.option("--metrics-port", type=int, envvar=env_name("metrics_port"), help="0: no metrics.")
+@click.option(
+    "--records/--no-records", default=True, help="Also load the budgets and alerts topics."
+)
 def sink_command(
     topic: str | None,
     group: str | None,
     batch_rows: int | None,
     flush_seconds: float | None,
     metrics_port: int | None,
+    records: bool,
 ) -> None:
     """Load token events from Kafka into ClickHouse exactly once (run `migrate` first)."""
     from prometheus_client import start_http_server
 
     from streams.cli import load_settings
+    from streams.sink.records import RecordLoader
     from streams.sink.runner import Sink
     from streams.topics import ensure_topics, standard_topics
 
@@ -40,16 +46,26 @@ def sink_command(
         metrics_port=metrics_port,
     )
     wanted = {settings.topic_events, settings.topic_deadletter}
+    if records:
+        wanted |= {settings.topic_budgets, settings.topic_alerts}
     ensure_topics(settings, [s for s in standard_topics(settings) if s.name in wanted])
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
     sink = Sink(settings)
+    loader = RecordLoader(settings) if records else None
+    loader_thread = threading.Thread(target=loader.run, daemon=True) if loader else None
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         sink.stop()
+        if loader is not None:
+            loader.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     click.echo(f"sink: {settings.topic_events} -> ClickHouse {settings.clickhouse_database}")
+    if loader_thread is not None:
+        loader_thread.start()
     sink.run()
+    if loader_thread is not None:
+        loader_thread.join(settings.sink_drain_seconds)
     click.echo("sink: drained and stopped")
