@@ -277,7 +277,8 @@ class Migrator:
 
     def migrate(self, migrations: Iterable[Migration] | None = None) -> list[str]:
         """Apply what is pending; returns the names applied (empty: nothing to do)."""
-        todo = plan(list(migrations or load_migrations()), self.recorded()).pending
+        migrations = list(migrations or load_migrations())
+        todo = plan(migrations, self.recorded()).pending
         for migration in todo:
             for statement in render(migration.template, self.target):
                 self._run(statement, migration.name)
@@ -288,6 +289,31 @@ class Migrator:
             )
         return [m.name for m in todo]
 
+    def reconcile_ttls(self, migrations: Iterable[Migration] | None = None) -> list[str]:
+        """Bring each table's TTL to the settings (retention, dedup horizon); what changed.
+
+        TTL values are rendered from settings, so changing a setting changes no file: this
+        applies the new value with ``MODIFY TTL`` (existing parts are not rewritten now; they
+        expire at their next merge).
+        """
+        wanted = desired_ttls(list(migrations or load_migrations()), self.target)
+        rows = self.client.query(
+            "SELECT name, engine_full FROM system.tables WHERE database = {db:String}",
+            parameters={"db": self.target.database},
+        ).result_rows
+        current = {str(name): _current_ttl(str(engine)) for name, engine in rows}
+        changed = []
+        on_cluster = f" ON CLUSTER `{self.target.cluster}`" if self.target.cluster else ""
+        for table, expression in sorted(wanted.items()):
+            if table in current and current[table] != _normalise_ttl(expression):
+                self.client.command(
+                    f"ALTER TABLE `{self.target.database}`.`{table}`{on_cluster} "
+                    f"MODIFY TTL {expression}",
+                    settings={"materialize_ttl_after_modify": 0},
+                )
+                changed.append(f"{table}: TTL {current[table]} -> {_normalise_ttl(expression)}")
+        return changed
+
     def _run(self, statement: str, where: str) -> None:
         try:
             self.client.command(statement)
@@ -295,6 +321,33 @@ class Migrator:
             code = [line for line in statement.splitlines() if not line.startswith("--")]
             head = code[0].strip()[:80] if code else ""
             raise MigrationError(f"{where}: {type(exc).__name__}: {exc} (in: {head})") from exc
+
+
+_TTL = re.compile(r"\nTTL (.+?)\s*(?:\n|$)")
+_ENGINE_TTL = re.compile(r" TTL (.+?)(?: SETTINGS |$)")
+_INTERVAL = re.compile(r"INTERVAL (\d+) (DAY|HOUR)")
+
+
+def desired_ttls(migrations: Sequence[Migration], target: Target) -> dict[str, str]:
+    """Table -> TTL expression of its last CREATE in ``migrations``, rendered for ``target``."""
+    found: dict[str, str] = {}
+    single = dataclasses.replace(target, cluster=None)
+    for migration in migrations:
+        for statement in render(migration.template, single):
+            created, ttl = _CREATE_TABLE.search(statement), _TTL.search(statement)
+            if created and ttl:
+                found[created.group(2)] = ttl.group(1).strip()
+    return found
+
+
+def _normalise_ttl(expression: str) -> str:
+    """The form ClickHouse shows in ``engine_full`` (``toIntervalDay(400)``)."""
+    return _INTERVAL.sub(lambda m: f"toInterval{m.group(2).title()}({m.group(1)})", expression)
+
+
+def _current_ttl(engine_full: str) -> str | None:
+    match = _ENGINE_TTL.search(engine_full)
+    return match.group(1).strip() if match else None
 
 
 def connect(settings: Settings) -> Any:
@@ -324,11 +377,14 @@ def migrate_command(print_sql: bool, cluster: str | None) -> None:
         return
     client = connect(settings)
     try:
-        applied = Migrator(client, target).migrate(migrations)
+        migrator = Migrator(client, target)
+        applied = migrator.migrate(migrations)
+        ttls = migrator.reconcile_ttls(migrations)
     finally:
         client.close()
-    if applied:
-        for name in applied:
-            click.echo(f"applied {name}")
-    else:
+    for name in applied:
+        click.echo(f"applied {name}")
+    for change in ttls:
+        click.echo(change)
+    if not applied and not ttls:
         click.echo(f"up to date ({len(migrations)} migrations)")

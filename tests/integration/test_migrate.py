@@ -74,3 +74,24 @@ def test_an_edited_applied_migration_is_refused(database: Any, tmp_path: Path) -
     with pytest.raises(MigrationError, match="changed after it was applied"):
         migrator.migrate(load_migrations(folder))
     assert "0099_new.sql" not in migrator.recorded()  # a refused run applies nothing
+
+
+def test_changed_retention_and_horizon_are_applied_as_ttls(database: Any) -> None:
+    settings, client = database
+    runner = CliRunner()
+    assert runner.invoke(main, ["migrate"], env=_env(settings)).exit_code == 0
+    env = {**_env(settings), env_name("retention_days"): "30", env_name("dedup_horizon_hours"): "6"}
+    changed = runner.invoke(main, ["migrate"], env=env)
+    assert changed.exit_code == 0, changed.output
+    assert "token_events: TTL toDateTime(event_time) + toIntervalDay(400) -> " in changed.output
+    assert "event_ids: TTL ingested_at + toIntervalHour(24) -> ingested_at + toIntervalHour(6)" in (
+        changed.output
+    )
+    engine = client.command(
+        "SELECT engine_full FROM system.tables WHERE database = {db:String} "
+        "AND name = 'spend_hourly'",
+        parameters={"db": settings.clickhouse_database},
+    )
+    assert "TTL hour + toIntervalDay(30)" in engine
+    again = runner.invoke(main, ["migrate"], env=env)
+    assert again.output.startswith("up to date")

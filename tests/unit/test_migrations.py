@@ -157,3 +157,13 @@ def test_stray_and_duplicate_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("")
     with pytest.raises(MigrationError, match="NNNN_lowercase_name"):
         load_migrations(tmp_path)
+
+
+def test_desired_ttls_come_from_the_rendered_migrations() -> None:
+    from streams.migrate import _normalise_ttl, desired_ttls
+
+    ttls = desired_ttls(MIGRATIONS, CLUSTER)
+    assert ttls["token_events"] == "toDateTime(event_time) + INTERVAL 90 DAY"
+    assert ttls["event_ids"] == "ingested_at + INTERVAL 48 HOUR"
+    assert _normalise_ttl(ttls["event_ids"]) == "ingested_at + toIntervalHour(48)"
+    assert "schema_migrations" not in ttls
