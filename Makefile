@@ -20,6 +20,9 @@ setup: $(VENV)/.installed
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
+	@# helm for tests/unit/test_helm_chart.py, built from source (minutes the first time)
+	@command -v helm >/dev/null || [ -x "$$(go env GOPATH)/bin/helm" ] || \
+		go install helm.sh/helm/v3/cmd/helm@v3.22.0
 
 demo: setup
 	spendstream demo
