@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo test lint bench-producer bench-sink bench-worker clean
+.PHONY: setup setup-helm demo test lint bench-producer bench-sink bench-worker clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,14 +20,16 @@ setup: $(VENV)/.installed
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
-	@# helm for tests/unit/test_helm_chart.py, built from source (minutes the first time)
+
+# helm, for tests/unit/test_helm_chart.py only: built from source (minutes the first time)
+setup-helm:
 	@command -v helm >/dev/null || [ -x "$$(go env GOPATH)/bin/helm" ] || \
 		go install helm.sh/helm/v3/cmd/helm@v3.22.0
 
 demo: setup
 	spendstream demo
 
-lint: setup
+lint: setup setup-helm
 	ruff check .
 	ruff format --check .
 	mypy
