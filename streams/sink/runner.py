@@ -108,6 +108,7 @@ class Sink:
         self._job: _Job | None = None
         self._stop = threading.Event()
         self._paused = False
+        self._failed = False
         self._delivery_errors: list[str] = []
         self._next_lag = 0.0
         self._last_error_log = 0.0
@@ -130,6 +131,11 @@ class Sink:
             while not self._stop.is_set():
                 self.step()
             self._drain(self.settings.sink_drain_seconds)
+        except BaseException:
+            # Commit nothing more: a later block's offsets would skip the one that failed.
+            self._failed = True
+            self._abandon()
+            raise
         finally:
             self.consumer.close()
             self.deadletters.flush(5)
@@ -331,6 +337,9 @@ class Sink:
         self._abandon()
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._failed:
+            self._abandon()
+            return
         log.info("revoked %s: draining", [p.partition for p in partitions])
         self._drain(self.settings.sink_drain_seconds)
 

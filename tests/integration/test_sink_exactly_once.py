@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from streams import events
+from streams.errors import SinkError
 from streams.generate import Shape, generate_events
 from streams.local.clickhouse import connect
 from streams.migrate import Migrator, Target
@@ -259,6 +260,31 @@ def test_crash_between_insert_and_commit_counts_nothing_twice(load: Load) -> Non
     assert isinstance(crashing.error, RuntimeError)
     inserted_before = count_rows(load.settings)
     assert inserted_before > 0  # its rows are in ClickHouse, its offsets are not committed
+    sink = SinkThread(load.settings)
+    try:
+        wait_committed(load.settings)
+    finally:
+        sink.stop()
+    assert sink.error is None
+    assert_exact(load.settings, load.sent)
+
+
+class WriterFailsOnSecondBlock(Sink):
+    """The writer of its second block raises (a bug, say) after the first block committed."""
+
+    blocks = 0
+
+    def _write(self, block: Block, cancel: threading.Event) -> int | None:
+        self.blocks += 1
+        if self.blocks == 2:
+            raise RuntimeError("simulated writer bug")
+        return super()._write(block, cancel)
+
+
+def test_a_failed_block_is_never_skipped_by_a_later_commit(load: Load) -> None:
+    failing = SinkThread(load.settings, WriterFailsOnSecondBlock)
+    failing.thread.join(120)
+    assert isinstance(failing.error, SinkError)  # the sink stops instead of going on
     sink = SinkThread(load.settings)
     try:
         wait_committed(load.settings)
