@@ -642,8 +642,10 @@ def test_dockerfile_builds_what_the_chart_runs() -> None:
     assert all((ROOT / path).exists() for path in copied)
 
 
-def test_makefile_setup_installs_helm() -> None:
+def test_makefile_test_command_installs_helm() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    setup = makefile.split("\nsetup:", 1)[1].split("\n\n", 1)[0]
+    setup = makefile.split("\nsetup-helm:", 1)[1].split("\n\n", 1)[0]
     assert "go install helm.sh/helm/v3/cmd/helm@v3.22.0" in setup
     assert "command -v helm" in setup  # only when missing
+    lint = makefile.split("\nlint:", 1)[1].split("\n", 1)[0]
+    assert "setup-helm" in lint  # `make test` runs lint first
