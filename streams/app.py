@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import ssl
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, ClassVar, cast
 
@@ -60,9 +61,9 @@ class BatchConsumer(aiokafka_driver.Consumer):
     """aiokafka consumer whose fetch step yields one message per partition batch.
 
     For topics in ``app.batch_topics`` the yielded ConsumerMessage has the offset of the LAST
-    record and ``value`` = the list of aiokafka records. faust's drain loop then registers
-    the offsets in between as a gap (``Consumer._add_gap``) exactly as for a compacted topic,
-    so acking the batch message commits the whole batch.
+    record and ``value`` = the list of aiokafka records. The offsets before the last are
+    registered as a gap (``Consumer._add_gap``), as faust does for a compacted topic, so
+    acking the batch message commits the whole batch.
     """
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
@@ -92,6 +93,11 @@ class BatchConsumer(aiokafka_driver.Consumer):
                 or tp in self._buffered_partitions
             ):
                 self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                first, last = batch[0].offset, batch[-1].offset
+                if last > first and self.app.topics.acks_enabled_for(tp.topic):
+                    # the offsets before the last are acked with it; faust's drain loop
+                    # would add this gap too, except after a read offset of 0 (falsy there)
+                    await self._add_gap(tp, first, last - 1)
                 yield tp, self._to_batch_message(tp, batch)
         if singles:
             for tp, record in self.scheduler.iterate(singles):
@@ -271,6 +277,8 @@ class AlertLog:
 
 
 _msgpack_encode = msgspec.msgpack.Encoder().encode
+#: most partials in one message of the partials topic (also the sequence-number stride)
+PACK_MAX = 4096
 _msgpack_decode = msgspec.msgpack.Decoder().decode
 
 
@@ -430,10 +438,17 @@ class Worker:
         s = self.settings
         producer = self.app.producer
         topic = partials_topic(s)
+        # one message per stage-2 partition per batch (not one per budget): the partition is
+        # a function of the budget id / org, so each budget's partials meet in one place
+        packs: dict[int, list[dict[str, Any]]] = {}
         for partial in out.partials:
-            await producer.send(
-                topic, partial["id"].encode(), _msgpack_encode(partial), None, None, None
-            )
+            target = zlib.crc32(partial["id"].encode()) % s.event_partitions
+            packs.setdefault(target, []).append(partial)
+        for target, pack in packs.items():
+            for i in range(0, len(pack), PACK_MAX):
+                await producer.send(
+                    topic, None, _msgpack_encode(pack[i : i + PACK_MAX]), target, None, None
+                )
         self.stats["partials"] += len(out.partials)
         if out.rollups and self.config.publish_rollups:
             encode = self.rollup_codec.encode
@@ -508,12 +523,15 @@ class Worker:
         await self._ensure_alert_log()
         slot = self._slot2(message.partition)
         processor: BudgetTotals = slot.processor
-        decoded = []
+        decoded: list[tuple[int, Any]] = []
         for record in message.value:
             try:
-                decoded.append((record.offset, _msgpack_decode(record.value)))
+                pack = _msgpack_decode(record.value)
             except (msgspec.DecodeError, TypeError) as exc:  # internal topic: should not happen
-                log.error("unreadable partial at offset %d: %s", record.offset, exc)
+                log.error("unreadable partials at offset %d: %s", record.offset, exc)
+                continue
+            # a sequence number per partial: the record offset, then the position in the pack
+            decoded.extend((record.offset * PACK_MAX + i, m) for i, m in enumerate(pack))
         needed = processor.baselines_needed(m for _, m in decoded)
         if needed:
             await self._load_baselines(processor, needed)

@@ -79,6 +79,20 @@ class CompactedView:
             self._thread.join(timeout=5)
             self._thread = None
 
+    @staticmethod
+    def _ends(consumer: Consumer, parts: list[TopicPartition]) -> dict[int, int]:
+        """High watermarks, retried while a new topic's leaders are being elected."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return {
+                    tp.partition: consumer.get_watermark_offsets(tp, timeout=15)[1] for tp in parts
+                }
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
     def _run(self) -> None:
         config = dict(self.settings.kafka_client_config())
         config.update(
@@ -96,10 +110,7 @@ class CompactedView:
             if info is None or info.error is not None:
                 raise SpendstreamError(f"topic {self.topic} does not exist")
             parts = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in info.partitions]
-            ends = {}
-            for tp in parts:
-                _low, high = consumer.get_watermark_offsets(tp, timeout=15)
-                ends[tp.partition] = high
+            ends = self._ends(consumer, parts)
             consumer.assign(parts)
             pending = {p for p, high in ends.items() if high > 0}
             if not pending:

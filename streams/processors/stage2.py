@@ -25,7 +25,7 @@ from streams.processors.alerts import (
 )
 from streams.processors.budgets import Budget
 from streams.processors.detectors import SpikeRules, crossed, forecast_breach, percent, spike_ratio
-from streams.processors.periods import MINUTE_MS, PeriodCache
+from streams.processors.periods import MINUTE_MS
 
 
 class BudgetLookup(Protocol):
@@ -130,7 +130,7 @@ class BudgetTotals:
         self.baselines: dict[tuple[str, int], list[int]] = {}  # -> [cost, tokens]
         self.alerted: set[str] = set()
         self.blocks: dict[str, int] = {}  # budget_id -> period start blocked
-        self._caches: dict[tuple[str, str, int], PeriodCache] = {}
+        self._starts: dict[str, set[int]] = {}  # budget_id -> bucket starts held
 
     # ------------------------------------------------------------------ baselines
 
@@ -182,6 +182,7 @@ class BudgetTotals:
             bucket = self.buckets.get(key)
             if bucket is None:
                 bucket = self.buckets[key] = Bucket(msg["e"])
+                self._starts.setdefault(key[0], set()).add(key[1])
             if bucket.update(msg):
                 touched[key] = None
         now = self.now_ms()
@@ -205,14 +206,12 @@ class BudgetTotals:
                 total += base[1] if budget.unit == "tokens" else base[0]
             end = bucket.end if bucket else start
             return total, start, end
-        window = budget.window_ms
-        newest = max((s for (b, s) in self.buckets if b == budget.budget_id), default=start)
+        starts = self._starts.get(budget.budget_id) or {start}
+        newest = max(starts)
         newest_end = self.buckets[(budget.budget_id, newest)].end
-        since = newest_end - window
+        since = newest_end - budget.window_ms
         total = sum(
-            bk.total(index)
-            for (b, s), bk in self.buckets.items()
-            if b == budget.budget_id and s >= since
+            self.buckets[(budget.budget_id, s)].total(index) for s in starts if s >= since
         )
         return total, since, newest_end
 
@@ -391,6 +390,7 @@ class BudgetTotals:
         for key in [k for k, b in self.buckets.items() if b.end < horizon]:
             del self.buckets[key]
             self.baselines.pop(key, None)
+            self._starts.get(key[0], set()).discard(key[1])
         keep = self.watermark - (self.config.spike.baseline_minutes + 5) * MINUTE_MS
         for key in [k for k in self.orgs if k[1] < keep]:
             del self.orgs[key]
@@ -414,6 +414,9 @@ class BudgetTotals:
         self.watermark = int(state["wm"])
         self.source_wm = {p: w for p, w in state["source_wm"]}
         self.buckets = {(b[0], b[1]): Bucket.from_list(b[2]) for b in state["buckets"]}
+        self._starts = {}
+        for budget_id, start in self.buckets:
+            self._starts.setdefault(budget_id, set()).add(start)
         self.orgs = {(b[0], b[1]): Bucket.from_list(b[2]) for b in state["orgs"]}
         self.org_first = dict(state["org_first"])
         self.org_judged = dict(state["org_judged"])

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from streams.app import partials_topic, worker_topics
 from streams.budgets import publish
@@ -100,6 +100,8 @@ class Scenario:
 
 
 def build_scenario(settings: Settings) -> Scenario:
+    sfx = settings.worker_id[-8:]  # ClickHouse is shared by the session's tests: own orgs
+    acme, bolt, cove = f"acme-{sfx}", f"bolt-{sfx}", f"cove-{sfx}"
     now = now_ms()
     zone = _noon_zone(now)
     start = now - 150 * MINUTE_MS
@@ -111,15 +113,15 @@ def build_scenario(settings: Settings) -> Scenario:
     # steady traffic: every minute for 150 minutes, 2 events per org, fixed costs
     for m in range(150):
         t = start + m * MINUTE_MS + 1_000
-        events.append(_event(t, "acme", "acme-web", "ana", 40 * CENT))
-        events.append(_event(t + 500, "acme", "acme-data", "bo", 20 * CENT))
-        events.append(_event(t + 1_000, "bolt", "bolt-platform", "cy", 30 * CENT))
-        events.append(_event(t + 1_500, "bolt", "bolt-ml", "di", 10 * CENT))
-        events.append(_event(t + 2_000, "cove", "cove-core", "ed", 25 * CENT))
+        events.append(_event(t, acme, f"{acme}-web", "ana", 40 * CENT))
+        events.append(_event(t + 500, acme, f"{acme}-data", "bo", 20 * CENT))
+        events.append(_event(t + 1_000, bolt, f"{bolt}-platform", "cy", 30 * CENT))
+        events.append(_event(t + 1_500, bolt, f"{bolt}-ml", "di", 10 * CENT))
+        events.append(_event(t + 2_000, cove, f"{cove}-core", "ed", 25 * CENT))
     # cove spends 20x its usual minute once (spike), at minute 100
     spike_minute = start + 100 * MINUTE_MS
     events.extend(
-        _event(spike_minute + 5_000 + i, "cove", "cove-core", "ed", 50 * CENT) for i in range(20)
+        _event(spike_minute + 5_000 + i, cove, f"{cove}-core", "ed", 50 * CENT) for i in range(20)
     )
     # a runaway agent session in acme: context re-sent and growing every turn
     session = "sess-runaway"
@@ -127,8 +129,8 @@ def build_scenario(settings: Settings) -> Scenario:
         events.append(
             _event(
                 start + (40 + turn) * MINUTE_MS + 7_000,
-                "acme",
-                "acme-web",
+                acme,
+                f"{acme}-web",
                 "ana",
                 1 * CENT,
                 session_id=session,
@@ -141,9 +143,9 @@ def build_scenario(settings: Settings) -> Scenario:
     # probes on one partition (same session key): a too-late and an acceptable late event
     probe_t = start + 120 * MINUTE_MS
     probe = [
-        _event(probe_t, "bolt", "bolt-ml", "di", 1, session_id="probe", turn=1),
-        _event(probe_t - 10 * MINUTE_MS, "bolt", "bolt-ml", "di", 1, session_id="probe", turn=2),
-        _event(probe_t - 2 * MINUTE_MS, "bolt", "bolt-ml", "di", 1, session_id="probe", turn=3),
+        _event(probe_t, bolt, f"{bolt}-ml", "di", 1, session_id="probe", turn=1),
+        _event(probe_t - 10 * MINUTE_MS, bolt, f"{bolt}-ml", "di", 1, session_id="probe", turn=2),
+        _event(probe_t - 2 * MINUTE_MS, bolt, f"{bolt}-ml", "di", 1, session_id="probe", turn=3),
     ]
     too_late = probe[1]
     messages: list[tuple[bytes | None, bytes]] = []
@@ -160,7 +162,7 @@ def build_scenario(settings: Settings) -> Scenario:
         500,
         (
             b"bad",
-            CODEC.encode(_event(start + 50 * MINUTE_MS, "acme", "a", "b", 1, input_tokens=-5)),
+            CODEC.encode(_event(start + 50 * MINUTE_MS, acme, "a", "b", 1, input_tokens=-5)),
         ),
     )
     half = len(messages) // 2
@@ -173,40 +175,40 @@ def build_scenario(settings: Settings) -> Scenario:
         spend[e["team_id"]] = spend.get(e["team_id"], 0) + e["cost_nanos"]
     created = start + 110 * MINUTE_MS + 30_000  # cove's budget appears after most spend
     long_ago = start - 40 * 24 * 60 * MINUTE_MS
-    history = [e for e in counted if e["org_id"] == "cove" and e["event_time"] < created]
-    acme = budget_from_spec(
+    history = [e for e in counted if e["org_id"] == cove and e["event_time"] < created]
+    acme_budget = budget_from_spec(
         {
             "id": "acme-day",
-            "scope": {"org": "acme"},
+            "scope": {"org": acme},
             "period": "day",
             "timezone": zone,
-            "limit_usd": str(spend["acme"] * 100 // 90 / USD),
+            "limit_usd": str(spend[acme] * 100 // 90 / USD),
             "forecast": True,
         },
         now_ms=long_ago,
     )
-    bolt = budget_from_spec(
+    bolt_budget = budget_from_spec(
         {
             "id": "bolt-platform-block",
-            "scope": {"org": "bolt", "team": "bolt-platform"},
+            "scope": {"org": bolt, "team": f"{bolt}-platform"},
             "period": "month",
             "timezone": zone,
             "mode": "block",
-            "limit_usd": str(spend["bolt-platform"] * 100 // 120 / USD),
+            "limit_usd": str(spend[f"{bolt}-platform"] * 100 // 120 / USD),
         },
         now_ms=long_ago,
     )
-    cove = budget_from_spec(
+    cove_budget = budget_from_spec(
         {
             "id": "cove-month",
-            "scope": {"org": "cove"},
+            "scope": {"org": cove},
             "period": "month",
             "timezone": zone,
-            "limit_usd": str(spend["cove"] * 100 // 85 / USD),
+            "limit_usd": str(spend[cove] * 100 // 85 / USD),
         },
         now_ms=created,
     )
-    budgets = [acme, bolt, cove]
+    budgets = [acme_budget, bolt_budget, cove_budget]
 
     month = calendar_period(now, "month", zone)
     expected = {
@@ -219,7 +221,7 @@ def build_scenario(settings: Settings) -> Scenario:
         threshold_alert_id("cove-month", month.start, 50): "threshold_crossed",
         threshold_alert_id("cove-month", month.start, 80): "threshold_crossed",
         runaway_alert_id(session, "context_growth"): "runaway_session",
-        spike_alert_id("org_id=cove", spike_minute): "spend_spike",
+        spike_alert_id(f"org_id={cove}", spike_minute): "spend_spike",
     }
     return Scenario(
         settings=settings,
@@ -321,19 +323,27 @@ def _produce(settings: Settings, messages: list[tuple[bytes | None, bytes]]) -> 
 
 
 def _lag(settings: Settings, topic: str, group: str) -> int:
+    """Uncommitted messages of ``group`` on ``topic``; -1 while the coordinator is busy."""
+    try:
+        return sum(_lags(settings, topic, group).values())
+    except KafkaException:
+        return -1
+
+
+def _lags(settings: Settings, topic: str, group: str) -> dict[int, int]:
     consumer = Consumer(
         {**settings.kafka_client_config(), "group.id": group, "enable.auto.commit": False}
     )
     try:
         parts = [TopicPartition(topic, p) for p in range(settings.event_partitions)]
         committed = consumer.committed(parts, timeout=10)
-        lag = 0
+        lags = {}
         for tp in committed:
             _, high = consumer.get_watermark_offsets(
                 TopicPartition(topic, tp.partition), timeout=10
             )
-            lag += high - (tp.offset if tp.offset >= 0 else 0)
-        return lag
+            lags[tp.partition] = high - (tp.offset if tp.offset >= 0 else 0)
+        return lags
     finally:
         consumer.close()
 
@@ -345,10 +355,14 @@ def _wait_caught_up(settings: Settings, workers: Workers, timeout: float = 150) 
         if (
             _lag(settings, settings.topic_events, settings.worker_id) == 0
             and _lag(settings, partials_topic(settings), settings.worker_id) == 0
-        ):
+        ):  # (-1: coordinator busy, ask again)
             return
         time.sleep(1)
-    raise AssertionError(f"worker did not catch up within {timeout}s; logs in {workers.logs}")
+    lags = {
+        topic: _lags(settings, topic, settings.worker_id)
+        for topic in (settings.topic_events, partials_topic(settings))
+    }
+    raise AssertionError(f"worker not caught up in {timeout}s: lag {lags}; logs in {workers.logs}")
 
 
 def _wait_for_progress(settings: Settings, workers: Workers, produced: int) -> None:
@@ -356,7 +370,7 @@ def _wait_for_progress(settings: Settings, workers: Workers, produced: int) -> N
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         workers.assert_alive()
-        if _lag(settings, settings.topic_events, settings.worker_id) < produced:
+        if 0 <= _lag(settings, settings.topic_events, settings.worker_id) < produced:
             return
         time.sleep(0.2)
     raise AssertionError(f"worker made no progress; logs in {workers.logs}")
