@@ -210,9 +210,7 @@ class BudgetTotals:
         newest = max(starts)
         newest_end = self.buckets[(budget.budget_id, newest)].end
         since = newest_end - budget.window_ms
-        total = sum(
-            self.buckets[(budget.budget_id, s)].total(index) for s in starts if s >= since
-        )
+        total = sum(self.buckets[(budget.budget_id, s)].total(index) for s in starts if s >= since)
         return total, since, newest_end
 
     def _evaluate(self, budget: Budget, start: int, now: int, out: Stage2Output) -> None:
