@@ -5,10 +5,12 @@
 Runs against the local stack (started if needed) or SPENDSTREAM_CLICKHOUSE_URL. Loads N
 synthetic events straight into ``token_events`` of a dedicated database with
 ``INSERT ... SELECT FROM numbers()`` in chunks (far faster than through Kafka; the views on
-token_events detached meanwhile), builds the rollups with ``backfill`` day by day (the views'
-own SELECT; the per-user and per-team rollups fill through their cascades), then times each
+token_events detached meanwhile), builds the rollups of the last ``--rollup-days`` days (35:
+every day the measured queries read) with ``backfill`` day by day (the views' own SELECT; the
+per-user and per-team rollups fill through their cascades), then times each
 report query (the exact SQL ``spendstream report`` runs) ``--runs`` times and prints medians.
-``--reuse`` keeps an already loaded database (same name, same N) instead of loading again.
+``--reuse`` keeps an already loaded database (same name, same N) instead of loading again;
+rollup days already built are skipped (an interrupted build resumes).
 
 The synthetic shape: 60 days up to now, 10,000 users in 20 orgs (one org has half of them),
 10 teams per org; each user keeps one coding tool; 60% of events are agentic, in sessions of 20
@@ -94,12 +96,18 @@ FROM (
 
 
 VIEWS_ON_EVENTS = ("event_ids_mv", "spend_hourly_mv", "spend_daily_mv")
+ROLLUP_TABLES = (
+    "spend_hourly",
+    "spend_daily",
+    "spend_user_hourly",
+    "spend_user_daily",
+    "spend_team_hourly",
+    "spend_team_daily",
+)
 
 
 def load(client: Any, target: Target, events: int) -> float:
-    """Insert ``events`` rows in chunks, views detached, then build the rollups day by day
-    with ``backfill`` (the same SELECT as the views; the per-user and per-team rollups fill
-    through their cascading views). Returns seconds."""
+    """Insert ``events`` rows in chunks with the views on token_events detached; seconds."""
     started = time.perf_counter()
     for view in VIEWS_ON_EVENTS:
         client.command(f"DETACH TABLE `{target.database}`.`{view}`")
@@ -108,13 +116,27 @@ def load(client: Any, target: Target, events: int) -> float:
     finally:
         for view in VIEWS_ON_EVENTS:
             client.command(f"ATTACH TABLE `{target.database}`.`{view}`")
+    return time.perf_counter() - started
+
+
+def build_rollups(client: Any, target: Target, days: int) -> float:
+    """Build the rollups of the last ``days`` days with ``backfill``, one day at a time (the
+    views' own SELECT; per-user and per-team rollups fill through their cascades). Days
+    already built are skipped, so an interrupted run resumes. Returns seconds."""
+    started = time.perf_counter()
     now = dt.datetime.now(dt.UTC)
-    day = dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC) - dt.timedelta(days=DAYS)
+    day = dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC) - dt.timedelta(days=days)
     while day <= now:
-        for rollup in ("spend_hourly", "spend_daily"):
-            backfill(client, target, rollup, day, day + dt.timedelta(days=1), clear=False)
-        day += dt.timedelta(days=1)
-    print(f"rollups built after {time.perf_counter() - started:,.0f} s", flush=True)
+        nxt = day + dt.timedelta(days=1)
+        for rollup, column in (("spend_hourly", "toDate(hour)"), ("spend_daily", "day")):
+            built = client.command(
+                f"SELECT count() FROM {target.table(rollup)} WHERE {column} = {{d:Date}}",
+                parameters={"d": day.strftime("%Y-%m-%d")},
+            )
+            if not int(built):
+                backfill(client, target, rollup, day, nxt, clear=False)
+        print(f"rollups of {day.date()} built ({time.perf_counter() - started:,.0f} s)", flush=True)
+        day = nxt
     return time.perf_counter() - started
 
 
@@ -145,6 +167,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=21)
     parser.add_argument("--database", default=None, help="default: bench_queries_<events>")
     parser.add_argument("--reuse", action="store_true", help="keep a loaded database")
+    parser.add_argument(
+        "--rollup-days",
+        type=int,
+        default=35,
+        help="days of rollups to build (the measured queries read at most the last 31)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     base = Settings.from_env()
@@ -167,10 +195,9 @@ def main() -> None:
         admin.command(f"DROP DATABASE IF EXISTS `{name}`")
         Migrator(admin, target).migrate()
         load_seconds = load(admin, target, args.events)
-        for table in ("spend_hourly", "spend_daily", "spend_user_hourly", "spend_user_daily"):
-            admin.command(f"OPTIMIZE TABLE {target.table(table)} FINAL")
-        for table in ("spend_team_hourly", "spend_team_daily"):
-            admin.command(f"OPTIMIZE TABLE {target.table(table)} FINAL")
+    rollup_seconds = build_rollups(admin, target, args.rollup_days)
+    for table in ROLLUP_TABLES:
+        admin.command(f"OPTIMIZE TABLE {target.table(table)} FINAL")
     sizes = dict(
         admin.query(
             "SELECT name, toUInt64(total_rows) FROM system.tables WHERE database = {d:String} "
@@ -190,6 +217,8 @@ def main() -> None:
         "events": sizes.get("token_events"),
         "rollup_rows": {k: v for k, v in sizes.items() if k.startswith("spend_")},
         "load_seconds": None if load_seconds is None else round(load_seconds, 1),
+        "rollup_build_seconds": round(rollup_seconds, 1),
+        "rollup_days": args.rollup_days,
         "queries_ms": {},
     }
     for label, run in cases.items():

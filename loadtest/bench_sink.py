@@ -79,8 +79,8 @@ def raw_consume_decode(settings: Settings, topic: str, n: int) -> float:
     return elapsed
 
 
-def run_sink(settings: Settings, n: int) -> tuple[float, float, int]:
-    """(seconds from start, seconds from the first insert, rows inserted) for all n messages."""
+def run_sink(settings: Settings, n: int) -> tuple[float, float, int, dict[str, float]]:
+    """(seconds from start, seconds from the first insert, rows inserted, writer timings)."""
     registry = CollectorRegistry()
     sink = Sink(settings, metrics=SinkMetrics(registry))
     start = time.perf_counter()
@@ -105,7 +105,13 @@ def run_sink(settings: Settings, n: int) -> tuple[float, float, int]:
     sink.stop()
     thread.join(60)
     rows = int(sample("spendstream_sink_rows_inserted_total"))
-    return end - start, end - (first_insert or start), rows
+    timings = {
+        "inserts": sample("spendstream_sink_insert_seconds_count"),
+        "insert_s_total": round(sample("spendstream_sink_insert_seconds_sum"), 2),
+        "lookups": sample("spendstream_sink_lookup_seconds_count"),
+        "lookup_s_total": round(sample("spendstream_sink_lookup_seconds_sum"), 2),
+    }
+    return end - start, end - (first_insert or start), rows, timings
 
 
 def main() -> None:
@@ -131,7 +137,7 @@ def main() -> None:
     Migrator(client, Target.from_settings(settings)).migrate()
     produce(settings, topic, args.events)
     raw_s = raw_consume_decode(settings, topic, args.events)
-    total_s, steady_s, rows = run_sink(settings, args.events)
+    total_s, steady_s, rows, timings = run_sink(settings, args.events)
     client.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}`")
     client.close()
     figures = {
@@ -142,6 +148,7 @@ def main() -> None:
         "sink_rows_per_s_after_first_insert": round(rows / steady_s),
         "sink_vs_raw": round((rows / total_s) / (args.events / raw_s), 3),
         "batch_rows": settings.sink_batch_rows,
+        **timings,
     }
     if args.json:
         print(json.dumps(figures))
@@ -150,7 +157,7 @@ def main() -> None:
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key, value in figures.items():
-        table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+        table.add_row(key, f"{value:,}" if isinstance(value, int | float) else str(value))
     Console().print(table)
 
 

@@ -214,7 +214,9 @@ class Sink:
 
     def _hand_over(self) -> None:
         if self._job is not None:
-            self._pause(True)  # both full: stop fetching until the writer catches up
+            # Keep filling while the writer works; stop fetching only once the buffer is full.
+            if len(self.buffer) >= self.settings.sink_batch_rows:
+                self._pause(True)
             return
         self._job = _Job(self.buffer.take(), self._write)
         self._pause(False)
