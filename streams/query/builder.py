@@ -15,6 +15,7 @@ from typing import Final, Literal
 
 from streams.errors import SpendstreamError
 from streams.migrate import Target
+from streams.query.ranges import ceil_utc, floor_utc
 
 UTC = dt.UTC
 HOUR = dt.timedelta(hours=1)
@@ -72,24 +73,14 @@ class Piece:
     end: dt.datetime
 
 
-def _floor(value: dt.datetime, step: dt.timedelta) -> dt.datetime:
-    epoch = dt.datetime(1970, 1, 1, tzinfo=UTC)
-    return epoch + ((value - epoch) // step) * step
-
-
-def _ceil(value: dt.datetime, step: dt.timedelta) -> dt.datetime:
-    floor = _floor(value, step)
-    return floor if floor == value else floor + step
-
-
 def plan_pieces(start: dt.datetime, end: dt.datetime, days: bool = True) -> list[Piece]:
     """Cover ``[start, end)`` exactly: days, then hours, then raw edges; empty pieces dropped."""
     start, end = start.astimezone(UTC), end.astimezone(UTC)
-    first_hour, last_hour = _ceil(start, HOUR), _floor(end, HOUR)
+    first_hour, last_hour = ceil_utc(start, HOUR), floor_utc(end, HOUR)
     if first_hour >= last_hour:
         return [Piece("raw", start, end)]
     pieces = [Piece("raw", start, first_hour)]
-    first_day, last_day = _ceil(first_hour, DAY), _floor(last_hour, DAY)
+    first_day, last_day = ceil_utc(first_hour, DAY), floor_utc(last_hour, DAY)
     if days and first_day < last_day:
         pieces += [
             Piece("hourly", first_hour, first_day),

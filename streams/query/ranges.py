@@ -37,6 +37,19 @@ class TimeRange:
             raise RangeError(f"empty range: {self.start} .. {self.end}")
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def floor_utc(value: dt.datetime, step: dt.timedelta) -> dt.datetime:
+    """``value`` rounded down to a whole ``step`` (hour, day) since the UTC epoch."""
+    return _EPOCH + ((value - _EPOCH) // step) * step
+
+
+def ceil_utc(value: dt.datetime, step: dt.timedelta) -> dt.datetime:
+    floor = floor_utc(value, step)
+    return floor if floor == value else floor + step
+
+
 def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)

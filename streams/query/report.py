@@ -20,8 +20,8 @@ from rich.table import Table
 
 from streams.migrate import Target
 from streams.pricing import TOKENS_PER_PRICE_UNIT, PriceCatalog, default_catalog
-from streams.query.builder import HOUR, Builder, Query, _floor
-from streams.query.ranges import TimeRange, zone
+from streams.query.builder import HOUR, Builder, Query
+from streams.query.ranges import TimeRange, floor_utc, zone
 
 UTC = dt.UTC
 
@@ -163,7 +163,7 @@ class Reports:
     ) -> Report:
         """Spend per hour over the last ``hours`` hours (the current one is partial)."""
         now = (now or dt.datetime.now(UTC)).astimezone(UTC)
-        start = _floor(now, HOUR) - (hours - 1) * HOUR
+        start = floor_utc(now, HOUR) - (hours - 1) * HOUR
         query = self.builder.spend(start, now, (), filters, bucket_hours=True)
         found = {row["hour"].replace(tzinfo=UTC): row for row in self._rows(query)}
         tz = zone(timezone)

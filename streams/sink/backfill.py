@@ -22,6 +22,7 @@ import click
 
 from streams.errors import MigrationError
 from streams.migrate import Migration, Target, load_migrations, render
+from streams.query.ranges import ceil_utc, floor_utc
 
 ROLLUPS = {
     "spend_hourly": ("hour", dt.timedelta(hours=1)),
@@ -62,10 +63,7 @@ def align(
     start: dt.datetime, end: dt.datetime, step: dt.timedelta
 ) -> tuple[dt.datetime, dt.datetime]:
     """Widen ``[start, end)`` to whole rollup buckets (UTC)."""
-    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    lo = epoch + ((start - epoch) // step) * step
-    hi = epoch + -((epoch - end) // step) * step
-    return lo, hi
+    return floor_utc(start, step), ceil_utc(end, step)
 
 
 def backfill(
