@@ -34,6 +34,8 @@ def sink_command(
     from prometheus_client import start_http_server
 
     from streams.cli import load_settings
+    from streams.errors import LocalStackError
+    from streams.local.clickhouse import check_reachable
     from streams.sink.records import RecordLoader
     from streams.sink.runner import Sink
     from streams.topics import ensure_topics, standard_topics
@@ -51,6 +53,12 @@ def sink_command(
     ensure_topics(settings, [s for s in standard_topics(settings) if s.name in wanted])
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
+    while True:  # ClickHouse down at start: wait for it, as the running sink does
+        try:
+            check_reachable(settings, timeout=30)
+            break
+        except LocalStackError as exc:
+            click.echo(f"sink: waiting for ClickHouse: {exc}", err=True)
     sink = Sink(settings)
     loader = RecordLoader(settings) if records else None
     loader_thread = threading.Thread(target=loader.run, daemon=True) if loader else None
