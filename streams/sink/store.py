@@ -24,9 +24,11 @@ class EventStore:
         self.target = target
         self.events_table = target.table("token_events")
         self.ids_table = target.table("event_ids")
+        # On a cluster the batch (external data) exists only here: GLOBAL ships it to shards.
+        in_ = "GLOBAL IN" if target.cluster else "IN"
         self._lookup_sql = (
             f"SELECT toString(event_id) FROM {self.ids_table} "
-            "WHERE (hour, event_id) IN (SELECT hour, event_id FROM batch)"
+            f"WHERE (hour, event_id) {in_} (SELECT hour, event_id FROM batch)"
         )
         # Distributed inserts must reach every shard before we commit offsets.
         self._insert_settings = {"distributed_foreground_insert": 1} if target.cluster else {}

@@ -78,3 +78,15 @@ def test_arrow_table_matches_the_insert_schema() -> None:
         events_[0]["event_time"] / 1000, tz=dt.UTC
     )
     assert first["labels"] == list(events_[0]["labels"].items())
+
+
+def test_lookup_and_insert_use_the_distributed_tables_on_a_cluster() -> None:
+    from streams.migrate import Target
+    from streams.sink.store import EventStore
+
+    single = EventStore(None, Target(database="db"))
+    assert single.events_table == "`db`.`token_events`"
+    assert single._lookup_sql.endswith("(hour, event_id) IN (SELECT hour, event_id FROM batch)")
+    cluster = EventStore(None, Target(database="db", cluster="c"))
+    assert cluster.events_table == "`db`.`token_events_all`"
+    assert "FROM `db`.`event_ids_all` WHERE (hour, event_id) GLOBAL IN" in cluster._lookup_sql
