@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup setup-helm demo test lint bench-producer bench-sink bench-worker clean
+.PHONY: setup setup-helm demo test lint bench-producer bench-sink bench-worker bench-queries clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -39,6 +39,15 @@ test: lint
 
 bench-producer: setup
 	$(PY) -m loadtest.bench_producer
+
+bench-sink: setup
+	$(PY) -m loadtest.bench_sink
+
+bench-worker: setup
+	$(PY) -m loadtest.bench_worker
+
+bench-queries: setup
+	$(PY) -m loadtest.bench_queries --events 100000000
 
 clean:
 	spendstream local down || true
