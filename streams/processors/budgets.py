@@ -339,6 +339,14 @@ class BudgetMatcher:
         self.budgets: tuple[Budget, ...] = tuple(sorted(budgets, key=lambda b: b.budget_id))
         self._labelled = any(b.labels for b in self.budgets)
         self._cache: dict[tuple[Any, ...], tuple[Budget, ...]] = {}
+        # the cache is keyed by the fields and label names some budget filters on only, so
+        # signatures differing in fields no budget looks at share one entry
+        self._used = tuple(
+            i
+            for i, name in enumerate(SIGNATURE_FIELDS)
+            if any(getattr(b, name) is not None for b in self.budgets)
+        )
+        self._label_names = tuple(sorted({k for b in self.budgets for k in b.labels}))
 
     def __len__(self) -> int:
         return len(self.budgets)
@@ -350,12 +358,17 @@ class BudgetMatcher:
         self, signature: tuple[Any, ...], labels: Mapping[str, str] | None = None
     ) -> tuple[Budget, ...]:
         """``signature`` = values of SIGNATURE_FIELDS (+ a frozen label tuple when labelled)."""
-        found = self._cache.get(signature)
+        size = len(signature)
+        key = tuple(signature[i] if i < size else None for i in self._used)
+        if self._label_names:
+            have = labels or {}
+            key += tuple(have.get(name) for name in self._label_names)
+        found = self._cache.get(key)
         if found is None:
             event = dict(zip(SIGNATURE_FIELDS, signature, strict=False))
             event["labels"] = labels or {}
             found = tuple(b for b in self.budgets if b.matches(event))
             if len(self._cache) > 200_000:
                 self._cache.clear()
-            self._cache[signature] = found
+            self._cache[key] = found
         return found

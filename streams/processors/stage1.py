@@ -22,7 +22,7 @@ from typing import Any, Final, Protocol
 
 from streams import events as ev_mod
 from streams.errors import DecodeError
-from streams.pricing import PriceCatalog
+from streams.pricing import PriceCatalog, PriceEntry
 from streams.processors.alerts import format_amount, make_alert, runaway_alert_id
 from streams.processors.budgets import Budget, BudgetMatcher
 from streams.processors.detectors import RunawayRules, SessionState, runaway_reasons
@@ -54,6 +54,8 @@ KEY_FIELDS: Final = (
 _MASK63: Final = 0x7FFF_FFFF_FFFF_FFFF
 _HALF_M: Final = 500_000
 _MIN_T: Final = ev_mod.MIN_EVENT_TIME_MS
+#: per scope key and minute: the accumulators it adds to and its model's price entries
+_KeyInfo = tuple[tuple[list[Any], ...], Sequence[PriceEntry]]
 
 
 class Record(Protocol):
@@ -136,7 +138,12 @@ class PartitionAggregator:
         self.org_minutes: dict[tuple[str, int], list[Any]] = {}
         self._period_caches: dict[tuple[str, str, int], PeriodCache] = {}
         self._matcher: BudgetMatcher | None = None
-        self._accs: dict[int, dict[tuple[Any, ...], tuple[list[Any], ...]]] = {}
+        # per minute: scope key -> (accumulators it adds to, price entries of its model)
+        self._accs: dict[int, dict[tuple[Any, ...], _KeyInfo]] = {}
+        # per minute: id(matched budgets) -> (matched budgets, their accumulators)
+        self._budget_accs: dict[int, dict[int, tuple[Any, tuple[list[Any], ...]]]] = {}
+        # budget_id -> (first counted minute, period cache), rebuilt with the matcher
+        self._budget_info: dict[str, tuple[int, PeriodCache]] = {}
         self.sessions: dict[str, SessionState] = {}
         # rollups: minute -> scope key -> counters; closed minutes hold the late additions
         self.windows: dict[int, dict[tuple[Any, ...], list[int]]] = {}
@@ -149,7 +156,7 @@ class PartitionAggregator:
         out = Stage1Output()
         cfg = self.config
         decode = self.decode
-        lookup = self.catalog.lookup
+        targets_of = self._targets
         now = self.now_ms()
         max_t = now + ev_mod.MAX_FUTURE_MS
         lateness = cfg.allowed_lateness_ms
@@ -161,6 +168,8 @@ class PartitionAggregator:
         if self.budgets.matcher is not self._matcher:
             self._matcher = self.budgets.matcher
             self._accs = {}
+            self._budget_accs = {}
+            self._budget_info = {}
         use_labels = self._matcher.uses_labels()
         windows = self.windows
         accs_by_minute = self._accs
@@ -175,8 +184,9 @@ class PartitionAggregator:
         counted = 0
         cur_minute = -1
         window: dict[tuple[Any, ...], list[int]] = {}
-        accs: dict[tuple[Any, ...], tuple[list[Any], ...]] = {}
+        accs: dict[tuple[Any, ...], _KeyInfo] = {}
         ids: list[int] = []
+        alerts = out.alerts
         for rec in records:
             offset = rec.offset
             if offset <= applied:
@@ -261,8 +271,31 @@ class PartitionAggregator:
                 if accs is None:
                     accs = accs_by_minute[minute] = {}
             ids.append(key64)
+            task = e["task_type"]
+            labels = e["labels"]
+            if use_labels and labels:
+                key: tuple[Any, ...] = (
+                    org,
+                    team,
+                    user,
+                    project,
+                    model,
+                    client,
+                    task,
+                    provider,
+                    tuple(labels.items()) if len(labels) == 1 else tuple(sorted(labels.items())),
+                )
+            else:
+                key = (org, team, user, project, model, client, task, provider)
+            info = accs.get(key)
+            if info is None:
+                info = accs[key] = targets_of(key, minute)
             if reported is None:
-                entry = lookup(provider, model, t)
+                for entry in info[1]:
+                    if entry.effective_from_ms <= t:
+                        break
+                else:
+                    entry = None
                 if entry is None:
                     cost = -1
                 else:
@@ -281,22 +314,6 @@ class PartitionAggregator:
                     ) // 1_000_000
             else:
                 cost = reported
-            task = e["task_type"]
-            labels = e["labels"]
-            if use_labels and labels:
-                key: tuple[Any, ...] = (
-                    org,
-                    team,
-                    user,
-                    project,
-                    model,
-                    client,
-                    task,
-                    provider,
-                    tuple(sorted(labels.items())),
-                )
-            else:
-                key = (org, team, user, project, model, client, task, provider)
             row = window.get(key)
             if row is None:
                 row = window[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
@@ -313,11 +330,8 @@ class PartitionAggregator:
             row[7] += out_tok
             row[8] += reas
             row[9] += cost
-            targets = accs.get(key)
-            if targets is None:
-                targets = accs[key] = self._targets(key, minute)
             tokens = i_tok + cr + cw5 + cw1 + out_tok
-            for acc in targets:
+            for acc in info[0]:
                 acc[0] += cost
                 acc[1] += tokens
                 acc[2] += 1
@@ -341,7 +355,7 @@ class PartitionAggregator:
                 if state.cost > max_cost or state.turns > max_turns or context >= min_context:
                     for reason in runaway_reasons(state, rules):
                         state.alerted.append(reason)
-                        out.alerts.append(self._runaway_alert(session, state, reason, e, now))
+                        alerts.append(self._runaway_alert(session, state, reason, e, now))
         out.counted = counted
         self.watermark = wm
         self.applied = last_offset
@@ -356,20 +370,36 @@ class PartitionAggregator:
             cache = self._period_caches[key] = PeriodCache(*key)
         return cache
 
-    def _targets(self, key: tuple[Any, ...], minute: int) -> tuple[list[Any], ...]:
-        """Accumulators an event with scope ``key`` in ``minute`` adds to (budgets + org)."""
-        found: list[list[Any]] = []
+    def _targets(self, key: tuple[Any, ...], minute: int) -> _KeyInfo:
+        """Accumulators an event with scope ``key`` in ``minute`` adds to (org + budgets), and
+        the price entries of its (provider, model), newest first."""
         okey = (key[0], minute)
         org_acc = self.org_minutes.get(okey)
         if org_acc is None:
             org_acc = self.org_minutes[okey] = [0, 0, 0, None, 0, minute + MINUTE_MS, 0]
-        found.append(org_acc)
         labels = dict(key[8]) if len(key) > 8 else None
         matcher = self._matcher or self.budgets.matcher
-        for budget in matcher.match_signature(key[:7], labels):
-            if minute < budget.counting_from:
+        matched = matcher.match_signature(key[:7], labels)
+        # many scope keys match the same budgets: their accumulators are found once a minute
+        by_matched = self._budget_accs.get(minute)
+        if by_matched is None:
+            by_matched = self._budget_accs[minute] = {}
+        cached = by_matched.get(id(matched))
+        if cached is None or cached[0] is not matched:
+            cached = by_matched[id(matched)] = (matched, self._budget_targets(matched, minute))
+        prices = self.catalog._resolve(key[7], key[4])
+        return (org_acc, *cached[1]), prices
+
+    def _budget_targets(self, matched: Sequence[Budget], minute: int) -> tuple[list[Any], ...]:
+        found: list[list[Any]] = []
+        info = self._budget_info
+        for budget in matched:
+            known = info.get(budget.budget_id)
+            if known is None:
+                known = info[budget.budget_id] = (budget.counting_from, self._period_cache(budget))
+            if minute < known[0]:
                 continue  # counted by the ClickHouse baseline taken at creation
-            period = self._period_cache(budget).of(minute)
+            period = known[1].of(minute)
             pkey = (budget.budget_id, period.start)
             acc = self.partials.get(pkey)
             if acc is None:
@@ -459,6 +489,8 @@ class PartitionAggregator:
             self.saved_ids.pop(minute, None)
         for minute in [m for m in self._accs if m + MINUTE_MS <= horizon]:
             del self._accs[minute]
+        for minute in [m for m in self._budget_accs if m + MINUTE_MS <= horizon]:
+            del self._budget_accs[minute]
         # rollups: close windows once the watermark passes their end + grace; late additions
         # within the allowed lateness are published as further revisions
         for minute in sorted(self.windows):
