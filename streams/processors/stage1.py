@@ -55,7 +55,9 @@ _MASK63: Final = 0x7FFF_FFFF_FFFF_FFFF
 _HALF_M: Final = 500_000
 _MIN_T: Final = ev_mod.MIN_EVENT_TIME_MS
 #: per scope key and minute: the accumulators it adds to and its model's price entries
-_KeyInfo = tuple[tuple[list[Any], ...], Sequence[PriceEntry]]
+_Targets = tuple[tuple[list[Any], ...], Sequence[PriceEntry]]
+#: the same plus the key's rollup row in the minute's open window
+_KeyInfo = tuple[tuple[list[Any], ...], Sequence[PriceEntry], list[int]]
 
 
 class Record(Protocol):
@@ -138,7 +140,8 @@ class PartitionAggregator:
         self.org_minutes: dict[tuple[str, int], list[Any]] = {}
         self._period_caches: dict[tuple[str, str, int], PeriodCache] = {}
         self._matcher: BudgetMatcher | None = None
-        # per minute: scope key -> (accumulators it adds to, price entries of its model)
+        # per minute: scope key -> (accumulators it adds to, price entries of its model, row
+        # in windows[minute]); dropped with the window's rows when they are published
         self._accs: dict[int, dict[tuple[Any, ...], _KeyInfo]] = {}
         # per minute: id(matched budgets) -> (matched budgets, their accumulators)
         self._budget_accs: dict[int, dict[int, tuple[Any, tuple[list[Any], ...]]]] = {}
@@ -289,7 +292,13 @@ class PartitionAggregator:
                 key = (org, team, user, project, model, client, task, provider)
             info = accs.get(key)
             if info is None:
-                info = accs[key] = targets_of(key, minute)
+                row = window.get(key)
+                if row is None:
+                    row = window[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+                info = accs[key] = (*targets_of(key, minute), row)
+            else:
+                row = info[2]
+            prompt = i_tok + cr + cw5 + cw1
             if reported is None:
                 for entry in info[1]:
                     if entry.effective_from_ms <= t:
@@ -299,9 +308,7 @@ class PartitionAggregator:
                 if entry is None:
                     cost = -1
                 else:
-                    rates = (
-                        entry.rates_for(i_tok + cr + cw5 + cw1)[0] if entry.tiers else entry.rates
-                    )
+                    rates = entry.rates_for(prompt)[0] if entry.tiers else entry.rates
                     # streams.pricing.cost_nanos inlined (pinned equal by a unit test)
                     cost = (
                         i_tok * rates.input
@@ -314,9 +321,6 @@ class PartitionAggregator:
                     ) // 1_000_000
             else:
                 cost = reported
-            row = window.get(key)
-            if row is None:
-                row = window[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
             row[0] += 1
             if e["status"] != "ok":
                 row[1] += 1
@@ -330,7 +334,7 @@ class PartitionAggregator:
             row[7] += out_tok
             row[8] += reas
             row[9] += cost
-            tokens = i_tok + cr + cw5 + cw1 + out_tok
+            tokens = prompt + out_tok
             for acc in info[0]:
                 acc[0] += cost
                 acc[1] += tokens
@@ -348,7 +352,7 @@ class PartitionAggregator:
                 if t > state.last_time:
                     state.last_time = t
                 recent = state.recent
-                context = i_tok + cr + cw5 + cw1
+                context = prompt
                 recent.append(context)
                 if len(recent) > growth_keep:
                     del recent[0]
@@ -370,7 +374,7 @@ class PartitionAggregator:
             cache = self._period_caches[key] = PeriodCache(*key)
         return cache
 
-    def _targets(self, key: tuple[Any, ...], minute: int) -> _KeyInfo:
+    def _targets(self, key: tuple[Any, ...], minute: int) -> _Targets:
         """Accumulators an event with scope ``key`` in ``minute`` adds to (org + budgets), and
         the price entries of its (provider, model), newest first."""
         okey = (key[0], minute)
@@ -503,6 +507,7 @@ class PartitionAggregator:
                 out.rollups.extend(self._rollup_rows(minute, rows, revision))
                 self.revisions[minute] = revision + 1
                 self.windows[minute] = {}
+                self._accs.pop(minute, None)  # they point at the rows just published
             if end <= horizon:
                 del self.windows[minute]
                 self.revisions.pop(minute, None)
@@ -577,6 +582,8 @@ class PartitionAggregator:
             for minute, rows in state["windows"]
         }
         self.revisions = {m: r for m, r in state["revisions"]}
+        self._accs = {}
+        self._budget_accs = {}
 
 
 def _key_from_plain(raw: list[Any]) -> tuple[Any, ...]:
