@@ -362,8 +362,12 @@ class BudgetTotals:
                             aid,
                             now,
                             f"org {org} spent {format_amount(spend, 'usd_nanos')} in one "
-                            f"minute, {ratio:.1f}x its trailing average of "
-                            f"{format_amount(baseline, 'usd_nanos')}/min",
+                            + (
+                                f"minute, {ratio:.1f}x its trailing average of "
+                                f"{format_amount(baseline, 'usd_nanos')}/min"
+                                if baseline
+                                else f"minute after {len(history)} idle minutes"
+                            ),
                             spend,
                             org_id=org,
                             scope={"org_id": org},
