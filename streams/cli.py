@@ -62,6 +62,17 @@ def _register() -> None:
     main.add_command(worker_command)
     main.add_command(budgets_cli)
     main.add_command(demo)
+    _show_envvars(main)
+
+
+def _show_envvars(command: click.Command) -> None:
+    """Every flag backed by a SPENDSTREAM_* variable names it in --help, whoever declared it."""
+    for param in command.params:
+        if isinstance(param, click.Option) and param.envvar:
+            param.show_envvar = True
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _show_envvars(sub)
 
 
 _register()

@@ -89,3 +89,22 @@ def test_overrides_win_and_env_names_are_known():
     s = Settings.from_env({"SPENDSTREAM_LOCAL_KAFKA_PORT": "1234"}, local_kafka_port=4321)
     assert s.local_kafka_port == 4321
     assert env_name("kafka_bootstrap") == "SPENDSTREAM_KAFKA_BOOTSTRAP"
+
+
+def test_every_cli_flag_with_a_variable_names_it_in_help():
+    import click
+
+    from streams.cli import main
+
+    def options(command):
+        yield from (p for p in command.params if isinstance(p, click.Option))
+        if isinstance(command, click.Group):
+            for sub in command.commands.values():
+                yield from options(sub)
+
+    with_env = [o for o in options(main) if o.envvar]
+    assert len(with_env) >= 5
+    assert all(o.show_envvar for o in with_env)
+    for option in with_env:
+        names = [option.envvar] if isinstance(option.envvar, str) else option.envvar
+        assert all(n.startswith("SPENDSTREAM_") for n in names), option.name
