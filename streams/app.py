@@ -111,6 +111,29 @@ class BatchConsumer(aiokafka_driver.Consumer):
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     yield tp, self._to_message(tp, record)
 
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Seek to the committed offsets, and batch partitions WITHOUT one to their start.
+
+        aiokafka seeks only partitions whose committed offset is > 0 and leaves the others
+        at their fetch position. Records fetched while a rebalance or table recovery ends are
+        dropped by faust (flow stopped, generation changed) and then re-read from the
+        committed offset; a partition with nothing committed yet was never re-read and
+        stalled. Re-reading it from the start is safe: stage 1 skips offsets at or below its
+        restored checkpoint and stage 2 keeps the newest partial per source.
+        """
+        committed = await super().seek_to_committed()
+        batch_topics: set[str] = getattr(self.app, "batch_topics", set())
+        fresh = [tp for tp, offset in committed.items() if tp.topic in batch_topics and not offset]
+        if fresh:
+            earliest = await self.earliest_offsets(*fresh)
+            for tp in fresh:
+                start = earliest.get(tp) or 0
+                log.debug(
+                    "%s[%d]: nothing committed yet, reading from %d", tp.topic, tp.partition, start
+                )
+                await self._seek(tp, start)
+        return committed
+
     def _to_batch_message(self, tp: TP, batch: list[Any]) -> ConsumerMessage:
         last = batch[-1]
         return ConsumerMessage(
@@ -136,6 +159,24 @@ class BatchTransport(aiokafka_driver.Transport):
 
 class BatchTopic(faust.Topic):
     """A topic whose events carry a list of raw records (no per-message deserialization)."""
+
+    @property
+    def queue(self) -> Any:
+        """The agent's buffer, NOT emptied when faust resumes flow (unlike a plain Topic's).
+
+        faust clears every channel on ``flow_control.resume()``, expecting a seek to the
+        committed offsets to re-read what was dropped; but at the end of table recovery it
+        seeks first and resumes after, so batches fetched in between were dropped for good
+        (the worker then stalled after a restart). Kept batches are safe: batches of an older
+        consumer generation are skipped by the stream, and re-reads are idempotent (stage 1
+        skips offsets it already applied; stage 2 keeps the newest partial per source).
+        """
+        if self._queue is None:
+            maxsize = self.maxsize
+            if maxsize is None:
+                maxsize = self.app.conf.stream_buffer_maxsize
+            self._queue = self.app.FlowControlQueue(maxsize=maxsize, clear_on_resume=False)
+        return self._queue
 
     def _compile_decode(self) -> None:
         create_event = self.app.create_event

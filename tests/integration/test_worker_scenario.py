@@ -485,13 +485,6 @@ def _check(s: Scenario, workers: Workers) -> dict[str, str]:
     return seen
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known bug (issue 4, open): after a SIGKILL, a restarted worker sometimes never resumes "
-        "the partitions that had no stage-1 checkpoint yet (lag stays > 0); seen in 2 of 5 CI runs"
-    ),
-)
 def test_scripted_day_exact_alerts_through_sigkill(scenario: Scenario, tmp_path: Path) -> None:
     workers = Workers(scenario.settings, tmp_path)
     try:

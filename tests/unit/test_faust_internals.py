@@ -126,3 +126,68 @@ def test_acking_the_last_offset_of_a_batch_commits_the_whole_batch(committed: in
         best = max(o for o in offered if o is not None)
         assert best == last + 1, _explain(f"batch {first}..{last} commits {offered}")
         fake._committed_offset[tp] = best
+
+
+def test_seek_to_committed_leaves_partitions_without_commit_where_they_are() -> None:
+    """Why BatchConsumer.seek_to_committed also seeks partitions with nothing committed."""
+    import aiokafka
+
+    source = inspect.getsource(aiokafka.AIOKafkaConsumer.seek_to_committed)
+    assert "if offset and offset > 0:" in source, _explain("aiokafka seek_to_committed")
+    assert "await self.seek_to_committed()" in inspect.getsource(consumer_mod.Consumer.perform_seek)
+    delegate = consumer_mod.ThreadDelegateConsumer
+    for name in ("seek_to_committed", "earliest_offsets", "_seek"):
+        assert name in vars(delegate), _explain(f"ThreadDelegateConsumer.{name}")
+
+
+def test_batch_partitions_without_commit_are_sought_to_their_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events, partials, other = TP("ev", 0), TP("ev", 1), TP("changelog", 0)
+    committed = {events: None, partials: 7, other: None, TP("ev", 2): 0}
+    sought: list[tuple[TP, int]] = []
+
+    async def fake_committed(self: Any) -> dict[TP, Any]:
+        return committed
+
+    async def fake_earliest(self: Any, *tps: TP) -> dict[TP, int]:
+        return {tp: 3 for tp in tps}
+
+    async def fake_seek(self: Any, tp: TP, offset: int) -> None:
+        sought.append((tp, offset))
+
+    delegate = consumer_mod.ThreadDelegateConsumer
+    monkeypatch.setattr(delegate, "seek_to_committed", fake_committed)
+    monkeypatch.setattr(delegate, "earliest_offsets", fake_earliest)
+    monkeypatch.setattr(delegate, "_seek", fake_seek)
+    consumer = object.__new__(app_mod.BatchConsumer)
+
+    class FakeApp:
+        batch_topics = {"ev"}
+
+    consumer.app = FakeApp()  # type: ignore[assignment]
+    result = asyncio.run(consumer.seek_to_committed())
+    assert result == committed
+    assert sorted(sought) == [(TP("ev", 0), 3), (TP("ev", 2), 3)]
+
+
+def test_batch_topic_buffers_survive_flow_resume() -> None:
+    """faust empties channel buffers on every flow resume; the batch topics' must keep theirs."""
+    assert "clear_on_resume=True" in inspect.getsource(faust.Channel.queue.fget), _explain(
+        "Channel.queue"
+    )
+
+    async def scenario() -> None:
+        app = faust.App("pin-batch-queue", store="memory://")
+        topic = app_mod.BatchTopic(app, topics=["events"])
+        clone = topic.clone(is_iterator=True)
+        assert isinstance(clone, app_mod.BatchTopic)
+        plain = faust.Topic(app, topics=["other"]).clone(is_iterator=True)
+        clone.queue.put_nowait("batch")
+        plain.queue.put_nowait("message")
+        app.flow_control.suspend()
+        app.flow_control.resume()
+        assert clone.queue.qsize() == 1
+        assert plain.queue.qsize() == 0, _explain("flow_control.resume no longer clears")
+
+    asyncio.run(scenario())
