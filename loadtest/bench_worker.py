@@ -2,6 +2,7 @@
 
     python -m loadtest.bench_worker                      # defaults below
     python -m loadtest.bench_worker --events 1000000 --baseline-events 30000 --partitions 6
+    python -m loadtest.bench_worker --only-latency --rate 10000 --seconds 30
 
 Runs against the local stack (started if needed) or SPENDSTREAM_KAFKA_BOOTSTRAP. Every phase
 uses fresh topics and consumer groups.
@@ -397,6 +398,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--only-latency", action="store_true", help="skip throughput and baseline")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     args = parser.parse_args()
 
@@ -405,6 +407,10 @@ def main() -> None:
         from streams.local import stack
 
         stack.up(base, clickhouse=False)
+    if args.only_latency:
+        lat = latency(base, args.partitions, args.rate, args.seconds)
+        print(json.dumps({"latency": lat, "load_avg_1m": os.getloadavg()[0]}, indent=2))
+        return
     run = uuid.uuid4().hex[:8]
     settings = bench_settings(base, run, args.partitions)
     from streams.app import worker_topics

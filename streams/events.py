@@ -8,6 +8,7 @@ UTC epoch milliseconds and ``event_id`` as a string, because that is what the ho
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final
@@ -103,6 +104,51 @@ def problems(event: Mapping[str, Any], now: int | None = None) -> list[str]:
     ):
         found.append("labels must map strings to strings")
     return found
+
+
+_CANONICAL_UUID: Final = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+).fullmatch
+
+
+def surely_valid(e: Mapping[str, Any], max_time_ms: int) -> bool:
+    """Fast pre-check of an Avro-DECODED event, whose types, enums and labels the schema fixed.
+
+    True only when ``problems(e, max_time_ms - MAX_FUTURE_MS)`` would find nothing; False
+    means "ask problems()" (which also writes the reasons). About 5x cheaper on the hot path.
+    """
+    session = e["session_id"]
+    project = e["project_id"]
+    api_key = e["api_key_id"]
+    turn = e["turn"]
+    cost = e["cost_nanos"]
+    output = e["output_tokens"]
+    reasoning = e["reasoning_tokens"]
+    return bool(
+        MIN_EVENT_TIME_MS <= e["event_time"] <= max_time_ms
+        and _CANONICAL_UUID(e["event_id"])
+        and e["org_id"].strip()
+        and e["team_id"].strip()
+        and e["user_id"].strip()
+        and e["client"].strip()
+        and e["provider"].strip()
+        and e["model"].strip()
+        and (
+            e["input_tokens"]
+            | e["cache_read_tokens"]
+            | e["cache_write_5m_tokens"]
+            | e["cache_write_1h_tokens"]
+            | output
+            | reasoning
+        )
+        >= 0
+        and reasoning <= output
+        and (cost is None or cost >= 0)
+        and (turn is None or turn >= 1)
+        and (session is None or session.strip())
+        and (project is None or project.strip())
+        and (api_key is None or api_key.strip())
+    )
 
 
 def validate(event: Mapping[str, Any], now: int | None = None) -> None:

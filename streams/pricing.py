@@ -177,6 +177,8 @@ class PriceCatalog:
         self.entries: tuple[PriceEntry, ...] = tuple(entries)
         self.unpriced: Counter[tuple[str, str]] = Counter()
         self._resolve = functools.lru_cache(maxsize=4096)(self._resolve_uncached)
+        #: price_version labels by (model id, effective date, tier threshold), built once
+        self._labels: dict[tuple[str, str, int | None], str] = {}
 
     @classmethod
     def from_file(cls, path: Path) -> PriceCatalog:
@@ -210,9 +212,13 @@ class PriceCatalog:
             self.unpriced[(event["provider"], event["model"])] += 1
             return Price(0, SOURCE_UNPRICED, SOURCE_UNPRICED)
         rates, threshold = entry.rates_for(prompt_tokens(event))
-        version = f"{self.version}:{entry.model_id}@{entry.effective_from}"
-        if threshold is not None:
-            version += f">{threshold}"
+        label_key = (entry.model_id, entry.effective_from, threshold)
+        version = self._labels.get(label_key)
+        if version is None:
+            version = f"{self.version}:{entry.model_id}@{entry.effective_from}"
+            if threshold is not None:
+                version += f">{threshold}"
+            self._labels[label_key] = version
         return Price(cost_nanos(rates, event), version, SOURCE_CATALOG)
 
 

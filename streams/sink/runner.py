@@ -171,10 +171,11 @@ class Sink:
         except DecodeError as exc:
             self._dead_letter(message, "decode", exc.reason)
             return
-        found = events.problems(event, now_ms)
-        if found:
-            self._dead_letter(message, "invalid", "; ".join(found))
-            return
+        if not events.surely_valid(event, now_ms + events.MAX_FUTURE_MS):
+            found = events.problems(event, now_ms)
+            if found:
+                self._dead_letter(message, "invalid", "; ".join(found))
+                return
         price = self.catalog.price(event)
         if price.source == SOURCE_UNPRICED:
             self.metrics.unpriced.inc()
