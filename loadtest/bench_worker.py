@@ -325,7 +325,14 @@ def latency(base: Settings, partitions: int, rate: int, seconds: int) -> dict[st
 
     def probe(p: int) -> None:
         event = next(generate_events(1, seed=p, shape=shape))
-        event.update(event_time=now_ms(), user_id=f"probe-user-{p}", cost_nanos=2_000_000_000)
+        # a fresh id: seed p's first event would otherwise repeat the background's (seed 11)
+        # and be dropped as a re-send
+        event.update(
+            event_id=str(uuid.uuid4()),
+            event_time=now_ms(),
+            user_id=f"probe-user-{p}",
+            cost_nanos=2_000_000_000,
+        )
         sent[f"probe-{p}"] = time.perf_counter()
         producer.produce(settings.topic_events, CODEC.encode(event), partition_key(event))
         producer.poll(0)
@@ -376,6 +383,7 @@ def latency(base: Settings, partitions: int, rate: int, seconds: int) -> dict[st
         return delays[min(len(delays) - 1, int(q * len(delays)))] * 1000 if delays else -1.0
 
     return {
+        "run": run,
         "rate_target": rate,
         "rate_achieved": round(achieved),
         "probes": len(sent),

@@ -148,6 +148,7 @@ class PartitionAggregator:
         # budget_id -> (first counted minute, period cache), rebuilt with the matcher
         self._budget_info: dict[str, tuple[int, PeriodCache]] = {}
         self.sessions: dict[str, SessionState] = {}
+        self._next_session_sweep = 0  # event time of the next idle-session scan
         # rollups: minute -> scope key -> counters; closed minutes hold the late additions
         self.windows: dict[int, dict[tuple[Any, ...], list[int]]] = {}
         self.revisions: dict[int, int] = {}  # minute -> next revision once closed
@@ -517,9 +518,11 @@ class PartitionAggregator:
         keep_from = horizon - self.config.spike_keep_minutes * MINUTE_MS
         for okey in [k for k in self.org_minutes if k[1] < keep_from]:
             del self.org_minutes[okey]
-        idle = wm - cfg.session_idle_ms
-        for sid in [s for s, st in self.sessions.items() if st.last_time < idle]:
-            del self.sessions[sid]
+        if wm >= self._next_session_sweep:  # a scan of every session: once a minute
+            self._next_session_sweep = wm + MINUTE_MS
+            idle = wm - cfg.session_idle_ms
+            for sid in [s for s, st in self.sessions.items() if st.last_time < idle]:
+                del self.sessions[sid]
 
     def _rollup_rows(
         self, minute: int, rows: Mapping[tuple[Any, ...], list[int]], revision: int

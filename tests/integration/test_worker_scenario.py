@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from streams.app import partials_topic, worker_topics
 from streams.budgets import publish
 from streams.deadletter import DeadLetter
+from streams.errors import DecodeError
 from streams.events import from_epoch_ms, now_ms, partition_key
 from streams.migrate import Migrator, Target
 from streams.processors.alerts import (
@@ -45,6 +46,7 @@ pytestmark = pytest.mark.integration
 
 CODEC = AvroCodec("token_event")
 ALERTS = AvroCodec("budget_alert")
+ROLLUPS = AvroCodec("rollup_1m")
 PARTITIONS = 4
 USD = 1_000_000_000
 CENT = USD // 100
@@ -482,7 +484,30 @@ def _check(s: Scenario, workers: Workers) -> dict[str, str]:
     }
     assert set(blocks) == {"bolt-platform-block"}
     assert blocks["bolt-platform-block"]["blocked"] is True
+    _check_rollups(s)
     return seen
+
+
+def _check_rollups(s: Scenario) -> None:
+    """Closed 1-minute windows reached the rollups topic, each (key, revision) counted once."""
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for msg in _read_all(s.settings, s.settings.topic_rollups):
+        row = ROLLUPS.decode(msg.value())
+        rows[msg.key()] = row  # a replay after a crash re-sends rows under the same key
+    valid = []
+    for _, value in s.first + s.second:
+        try:
+            valid.append(CODEC.decode(value))
+        except DecodeError:
+            continue
+    newest = max(e["event_time"] for e in valid)
+    closed = {
+        e["event_id"]: e for e in valid if e["event_time"] < newest - newest % MINUTE_MS - MINUTE_MS
+    }
+    requests = sum(r["requests"] for r in rows.values())
+    # late, invalid and re-sent events are in `closed` but never counted, hence <= and not ==
+    assert 0.5 * len(closed) < requests <= len(closed) + len(valid) - len(closed)
+    assert {r["org_id"] for r in rows.values()} <= {e["org_id"] for e in valid}
 
 
 def test_scripted_day_exact_alerts_through_sigkill(scenario: Scenario, tmp_path: Path) -> None:

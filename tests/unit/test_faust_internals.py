@@ -191,3 +191,21 @@ def test_batch_topic_buffers_survive_flow_resume() -> None:
         assert plain.queue.qsize() == 0, _explain("flow_control.resume no longer clears")
 
     asyncio.run(scenario())
+
+
+def test_fetch_wait_is_shortened_where_aiokafka_reads_it() -> None:
+    """BatchConsumerThread sets aiokafka's private _fetch_max_wait_ms before start()."""
+    import aiokafka
+
+    create = inspect.getsource(aiokafka_driver.AIOKafkaConsumerThread._create_worker_consumer)
+    assert "fetch_max_wait_ms=1500" in create, _explain("faust's fetch wait")
+    start = inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in start, _explain("aiokafka fetch wait")
+    thread = inspect.getsource(aiokafka_driver.Consumer._new_consumer_thread)
+    assert "AIOKafkaConsumerThread(self, loop=self.loop, beacon=self.beacon)" in thread
+
+    async def build() -> Any:
+        return aiokafka.AIOKafkaConsumer(fetch_max_wait_ms=1500)
+
+    consumer = asyncio.run(build())
+    assert consumer._fetch_max_wait_ms == 1500, _explain("AIOKafkaConsumer._fetch_max_wait_ms")
