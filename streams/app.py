@@ -348,9 +348,12 @@ _msgpack_encode = msgspec.msgpack.Encoder().encode
 #: most partials in one message of the partials topic (also the sequence-number stride)
 PACK_MAX = 4096
 _msgpack_decode = msgspec.msgpack.Decoder().decode
-#: rollup rows sent per turn of the sender task: a minute closing releases tens of thousands
-#: of rows at once, and sending them in one go stalled every agent (and alerts) for seconds
-ROLLUP_CHUNK = 1000
+#: rollup rows sent per turn of the sender task, and the pause after each turn: a minute
+#: closing releases tens of thousands of rows at once (~15 us each to encode and produce), and
+#: sending them in one go stalled every agent, and so the alerts, for a second or more. Paced,
+#: the sender takes at most about half of the event loop (~25k rows/s).
+ROLLUP_CHUNK = 250
+ROLLUP_PAUSE_S = 0.005
 
 
 @dataclasses.dataclass
@@ -593,7 +596,7 @@ class Worker:
             for slot in list(self.stage1.values()):
                 while slot.rollups and self.stage1.get(slot.partition) is slot:
                     self._send_rollup_chunk(slot)
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(ROLLUP_PAUSE_S)
 
     @property
     def rollup_producer(self) -> Producer:
