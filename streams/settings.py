@@ -100,10 +100,12 @@ def _timezone(raw: str) -> str:
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
+    """One of ``allowed`` (upper-case names), accepted in any case: `info` means INFO."""
+
     def parse(raw: str) -> str:
-        if raw not in allowed:
+        if raw.upper() not in allowed:
             raise ValueError(f"{raw!r} is not one of {', '.join(allowed)}")
-        return raw
+        return raw.upper()
 
     return parse
 

@@ -108,3 +108,20 @@ def test_every_cli_flag_with_a_variable_names_it_in_help():
     for option in with_env:
         names = [option.envvar] if isinstance(option.envvar, str) else option.envvar
         assert all(n.startswith("SPENDSTREAM_") for n in names), option.name
+
+
+def test_choices_accept_any_case_and_refuse_unknown_values():
+    s = Settings.from_env(
+        {
+            "SPENDSTREAM_LOG_LEVEL": "debug",
+            "SPENDSTREAM_KAFKA_SECURITY_PROTOCOL": "sasl_plaintext",
+            "SPENDSTREAM_KAFKA_SASL_MECHANISM": "scram-sha-256",
+            "SPENDSTREAM_KAFKA_SASL_USERNAME": "agent",
+            "SPENDSTREAM_KAFKA_SASL_PASSWORD": "pw",
+        }
+    )
+    assert s.log_level == "DEBUG"
+    assert s.kafka_security_protocol == "SASL_PLAINTEXT"
+    assert s.kafka_sasl_mechanism == "SCRAM-SHA-256"
+    with pytest.raises(SettingsError, match="LOG_LEVEL"):
+        Settings.from_env({"SPENDSTREAM_LOG_LEVEL": "loud"})
