@@ -166,7 +166,7 @@ def run_fast_worker(
     """Child process: the real Worker; reports wall and CPU time of the catch-up."""
     from streams.app import Worker, WorkerConfig
 
-    worker = Worker(settings, WorkerConfig(), budgets=_budgets(specs))
+    worker = Worker(settings, WorkerConfig.from_settings(settings), budgets=_budgets(specs))
 
     def watch() -> None:
         first_wall = first_cpu = None

@@ -52,7 +52,7 @@ from streams.pricing import default_catalog
 from streams.processors import checkpoint
 from streams.processors.budgets import Budget
 from streams.processors.stage1 import PartitionAggregator, Stage1Config, Stage1Output
-from streams.processors.stage2 import BudgetTotals, Stage2Config, Stage2Output
+from streams.processors.stage2 import BaselineRequest, BudgetTotals, Stage2Config, Stage2Output
 from streams.serde import AvroCodec
 from streams.settings import Settings, env_name
 from streams.topics import TopicSpec, ensure_topics
@@ -676,16 +676,20 @@ class Worker:
         slot.held.append(event)
         await self._publish_stage2(slot, out)
 
-    async def _load_baselines(
-        self, processor: BudgetTotals, needed: list[tuple[Budget, int]]
-    ) -> None:
+    async def _load_baselines(self, processor: BudgetTotals, needed: list[BaselineRequest]) -> None:
         loop = asyncio.get_running_loop()
-        for budget, start in needed:
-            cost, tokens = 0, 0
+        for request in needed:
+            budget = request.budget
+            rows: list[tuple[int, int, int]] = []
             if self.baseline_reader is not None:
                 try:
-                    cost, tokens = await loop.run_in_executor(
-                        None, self.baseline_reader, budget, start, budget.counting_from
+                    rows = await loop.run_in_executor(
+                        None,
+                        self.baseline_reader,
+                        budget,
+                        request.start,
+                        request.until,
+                        request.bucket_ms,
                     )
                 except Exception as exc:
                     log.error(
@@ -693,12 +697,18 @@ class Worker:
                         budget.budget_id,
                         exc,
                     )
-            processor.set_baseline(budget.budget_id, start, cost, tokens)
+            if request.bucket_ms:
+                processor.set_rolling_baseline(budget.budget_id, rows)
+            else:
+                cost, tokens = sum(r[1] for r in rows), sum(r[2] for r in rows)
+                processor.set_baseline(budget.budget_id, request.start, cost, tokens)
             log.info(
-                "budget %s starts its period from %d nano-USD / %d tokens already spent",
+                "budget %s starts from %d nano-USD / %d tokens already spent in [%d, %d)",
                 budget.budget_id,
-                cost,
-                tokens,
+                sum(r[1] for r in rows),
+                sum(r[2] for r in rows),
+                request.start,
+                request.until,
             )
 
     async def _publish_stage2(self, slot: _PartitionSlot, out: Stage2Output) -> None:
@@ -870,7 +880,9 @@ def clickhouse_baseline_reader(settings: Settings) -> Any:
     """Spend so far in a period from ClickHouse (token_events), for mid-period budgets."""
     from streams.budgets import read_baseline
 
-    def reader(budget: Budget, start: int, until: int) -> tuple[int, int]:
-        return read_baseline(settings, budget, start, until)
+    def reader(
+        budget: Budget, start: int, until: int, bucket_ms: int
+    ) -> list[tuple[int, int, int]]:
+        return read_baseline(settings, budget, start, until, bucket_ms)
 
     return reader

@@ -25,7 +25,25 @@ from streams.processors.alerts import (
 )
 from streams.processors.budgets import Budget
 from streams.processors.detectors import SpikeRules, crossed, forecast_breach, percent, spike_ratio
-from streams.processors.periods import MINUTE_MS
+from streams.processors.periods import MINUTE_MS, rolling_bucket_ms
+
+#: baselines key of a rolling budget whose per-bucket baseline has been read (no bucket
+#: starts at -1: event times are after 2020)
+ROLLING_LOADED = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineRequest:
+    """Spend already in ClickHouse that a budget created mid-period starts from.
+
+    ``[start, until)`` in one total (calendar periods, ``bucket_ms`` 0) or per bucket of
+    ``bucket_ms`` (rolling windows: the baseline slides out of the window bucket by bucket).
+    """
+
+    budget: Budget
+    start: int
+    until: int
+    bucket_ms: int = 0
 
 
 class BudgetLookup(Protocol):
@@ -131,27 +149,46 @@ class BudgetTotals:
         self.alerted: set[str] = set()
         self.blocks: dict[str, int] = {}  # budget_id -> period start blocked
         self._starts: dict[str, set[int]] = {}  # budget_id -> bucket starts held
+        self._baseline_starts: dict[str, set[int]] = {}  # budget_id -> baseline starts held
 
     # ------------------------------------------------------------------ baselines
 
-    def baselines_needed(self, messages: Iterable[Mapping[str, Any]]) -> list[tuple[Budget, int]]:
-        """(budget, period_start) pairs whose mid-period baseline must be read first."""
-        needed: dict[tuple[str, int], tuple[Budget, int]] = {}
+    def baselines_needed(self, messages: Iterable[Mapping[str, Any]]) -> list[BaselineRequest]:
+        """Mid-period baselines to read before these partials are counted (each once)."""
+        needed: dict[tuple[str, int], BaselineRequest] = {}
         for msg in messages:
             if msg["k"] != "b":
                 continue
             budget = self.budgets.get(msg["id"])
-            if budget is None or budget.period == "rolling" or not budget.created_at:
+            if budget is None or not budget.created_at:
+                continue
+            if budget.period == "rolling":
+                key = (budget.budget_id, ROLLING_LOADED)
+                if key in self.baselines or key in needed:
+                    continue
+                bucket = rolling_bucket_ms(budget.window_ms)
+                since = budget.counting_from - budget.window_ms
+                needed[key] = BaselineRequest(
+                    budget, since - since % bucket, budget.counting_from, bucket
+                )
                 continue
             key = (budget.budget_id, msg["s"])
             if key in self.baselines or key in needed:
                 continue
             if msg["s"] < budget.counting_from < msg["e"]:
-                needed[key] = (budget, msg["s"])
+                needed[key] = BaselineRequest(budget, msg["s"], budget.counting_from)
         return list(needed.values())
 
     def set_baseline(self, budget_id: str, period_start: int, cost: int, tokens: int) -> None:
         self.baselines[(budget_id, period_start)] = [cost, tokens]
+        if period_start != ROLLING_LOADED:
+            self._baseline_starts.setdefault(budget_id, set()).add(period_start)
+
+    def set_rolling_baseline(self, budget_id: str, buckets: Iterable[tuple[int, int, int]]) -> None:
+        """Per-bucket (start, cost, tokens) spend of a rolling budget's window before it."""
+        for start, cost, tokens in buckets:
+            self.set_baseline(budget_id, start, cost, tokens)
+        self.baselines[(budget_id, ROLLING_LOADED)] = [0, 0]
 
     # ------------------------------------------------------------------ processing
 
@@ -211,6 +248,9 @@ class BudgetTotals:
         newest_end = self.buckets[(budget.budget_id, newest)].end
         since = newest_end - budget.window_ms
         total = sum(self.buckets[(budget.budget_id, s)].total(index) for s in starts if s >= since)
+        for s in self._baseline_starts.get(budget.budget_id, ()):
+            if s >= since:
+                total += self.baselines[(budget.budget_id, s)][index - 1]
         return total, since, newest_end
 
     def _evaluate(self, budget: Budget, start: int, now: int, out: Stage2Output) -> None:
@@ -391,8 +431,16 @@ class BudgetTotals:
         horizon = self.watermark - self.config.keep_periods_ms
         for key in [k for k, b in self.buckets.items() if b.end < horizon]:
             del self.buckets[key]
-            self.baselines.pop(key, None)
+            if self.baselines.pop(key, None) is not None:
+                self._baseline_starts.get(key[0], set()).discard(key[1])
             self._starts.get(key[0], set()).discard(key[1])
+        for budget_id, starts in self._baseline_starts.items():
+            budget = self.budgets.get(budget_id)
+            if budget is None or budget.period != "rolling":
+                continue
+            for start in [s for s in starts if s < horizon - budget.window_ms]:
+                starts.discard(start)
+                del self.baselines[(budget_id, start)]
         keep = self.watermark - (self.config.spike.baseline_minutes + 5) * MINUTE_MS
         for key in [k for k in self.orgs if k[1] < keep]:
             del self.orgs[key]
@@ -423,5 +471,9 @@ class BudgetTotals:
         self.org_first = dict(state["org_first"])
         self.org_judged = dict(state["org_judged"])
         self.baselines = {(b[0], b[1]): list(b[2:]) for b in state["baselines"]}
+        self._baseline_starts = {}
+        for budget_id, start in self.baselines:
+            if start != ROLLING_LOADED:
+                self._baseline_starts.setdefault(budget_id, set()).add(start)
         self.alerted = set(state["alerted"])
         self.blocks = dict(state["blocks"])

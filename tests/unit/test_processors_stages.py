@@ -231,8 +231,10 @@ def test_baseline_is_added_to_the_period() -> None:
     totals = BudgetTotals(StaticBudgets([budget]), now_ms=lambda: T0)
     msgs = list(enumerate(out.partials))
     needed = totals.baselines_needed(m for _, m in msgs)
-    assert [(b.budget_id, s) for b, s in needed] == [("b", needed[0][1])]
-    totals.set_baseline("b", needed[0][1], 4_000, 0)
+    assert [(r.budget.budget_id, r.until, r.bucket_ms) for r in needed] == [
+        ("b", budget.counting_from, 0)
+    ]
+    totals.set_baseline("b", needed[0].start, 4_000, 0)
     out2 = totals.process(msgs)
     assert [a["threshold_pct"] for a in out2.alerts] == [50]
     assert out2.alerts[0]["spent"] == 5_000
@@ -289,3 +291,43 @@ def test_checkpoint_round_trip_and_torn_write() -> None:
     again.restore(restored["stage"])
     assert again.windows == agg.windows
     assert again.sessions.keys() == agg.sessions.keys()
+
+
+def test_rolling_budget_created_mid_window_starts_from_its_window_and_slides() -> None:
+    budget = budget_from_spec(
+        {
+            "id": "r",
+            "scope": {"org": "acme"},
+            "period": "rolling",
+            "window": "1h",
+            "limit_usd": "0.00001",
+        },
+        now_ms=T0,
+    )
+    agg = aggregator([budget], now=T0 + 2 * 3_600_000)
+    totals = BudgetTotals(StaticBudgets([budget]), now_ms=lambda: T0 + 5 * MIN)
+    out = agg.process(records([event(event_time=T0 + 3 * MIN)]))
+    msgs = list(enumerate(out.partials))
+    needed = totals.baselines_needed(m for _, m in msgs)
+    assert len(needed) == 1
+    request = needed[0]
+    assert request.bucket_ms == MIN  # 1/60 of the window
+    assert request.until == budget.counting_from
+    assert request.start <= budget.counting_from - 3_600_000 < request.start + MIN
+    early = request.start + 10 * MIN
+    totals.set_rolling_baseline("r", [(early, 4_000, 40)])
+    assert totals.baselines_needed(m for _, m in msgs) == []  # read once
+    out2 = totals.process(msgs)
+    assert [a["threshold_pct"] for a in out2.alerts] == [50]
+    assert out2.alerts[0]["spent"] == 5_000  # 4,000 before creation + 1,000 streamed
+    # an hour later the baseline bucket has left the window; the streamed event has not
+    late = early + 3_600_000 + 2 * MIN
+    out3 = agg.process(records([event(event_time=late)], start=1))
+    totals.process([(len(msgs) + i, m) for i, m in enumerate(out3.partials)])
+    spent, since, _ = totals.spent(budget, late - late % MIN)
+    assert since > early
+    assert spent == 2_000
+    restored = BudgetTotals(StaticBudgets([budget]), now_ms=lambda: T0 + 5 * MIN)
+    restored.restore(totals.snapshot())
+    assert restored.spent(budget, late - late % MIN)[0] == 2_000
+    assert restored.baselines_needed(m for _, m in msgs) == []
