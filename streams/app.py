@@ -24,11 +24,12 @@ import asyncio
 import collections
 import dataclasses
 import gc
+import itertools
 import logging
 import ssl
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, cast
 
 import click
@@ -51,7 +52,12 @@ from streams.deadletter import DeadLetter
 from streams.pricing import default_catalog
 from streams.processors import checkpoint
 from streams.processors.budgets import Budget
-from streams.processors.stage1 import PartitionAggregator, Stage1Config, Stage1Output
+from streams.processors.stage1 import (
+    PartitionAggregator,
+    Stage1Config,
+    Stage1Output,
+    rollup_rows,
+)
 from streams.processors.stage2 import BaselineRequest, BudgetTotals, Stage2Config, Stage2Output
 from streams.serde import AvroCodec
 from streams.settings import Settings, env_name
@@ -366,8 +372,8 @@ class _PartitionSlot:
     held: list[Any] = dataclasses.field(default_factory=list)
     inflight: int = 0
     dd_chunks: list[list[int]] = dataclasses.field(default_factory=list)  # [epoch, max minute]
-    #: closed 1-minute rollup rows not yet sent, and sent rows not yet acknowledged (stage 1)
-    rollups: collections.deque[dict[str, Any]] = dataclasses.field(
+    #: closed 1-minute windows' rows not yet sent (lazy), and rows sent but not acknowledged
+    rollups: collections.deque[Iterator[dict[str, Any]]] = dataclasses.field(
         default_factory=collections.deque
     )
     rollups_unacked: int = 0
@@ -534,8 +540,8 @@ class Worker:
                     topic, None, _msgpack_encode(pack[i : i + PACK_MAX]), target, None, None
                 )
         self.stats["partials"] += len(out.partials)
-        if out.rollups and self.config.publish_rollups:
-            slot.rollups.extend(out.rollups)
+        if out.rollup_windows and self.config.publish_rollups:
+            slot.rollups.extend(rollup_rows(*window) for window in out.rollup_windows)
             self._rollups_waiting.set()
         for dead in out.dead:
             record = dead.record
@@ -624,8 +630,13 @@ class Worker:
                 self.stats["rollup_errors"] += 1
                 log.error("rollup row not delivered to %s: %s", topic, error)
 
-        for _ in range(min(ROLLUP_CHUNK, len(backlog))):
-            row = backlog.popleft()
+        chunk: list[dict[str, Any]] = []
+        while backlog and len(chunk) < ROLLUP_CHUNK:
+            before = len(chunk)
+            chunk.extend(itertools.islice(backlog[0], ROLLUP_CHUNK - before))
+            if len(chunk) - before < ROLLUP_CHUNK - before:
+                backlog.popleft()  # that window is exhausted
+        for row in chunk:
             key = (
                 f"{row['window_start']}|{row['org_id']}|{row['team_id']}|{row['user_id']}"
                 f"|{row['model']}|{row['source_partition']}|{row['revision']}"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import array
 import dataclasses
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 from streams import events as ev_mod
@@ -87,12 +87,36 @@ class DeadLetterOut:
 @dataclasses.dataclass
 class Stage1Output:
     partials: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    rollups: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: closed windows as (partition, minute, rows, revision); ``rollup_rows`` makes the rows
+    #: lazily, so that a minute closing does not hold up the batch that closed it
+    rollup_windows: list[tuple[int, int, Mapping[tuple[Any, ...], list[int]], int]] = (
+        dataclasses.field(default_factory=list)
+    )
     alerts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     dead: list[DeadLetterOut] = dataclasses.field(default_factory=list)
     counted: int = 0
     duplicates: int = 0
     skipped: int = 0
+
+    @property
+    def rollups(self) -> list[dict[str, Any]]:
+        """Every closed window's rows (built on each call: the worker streams them instead)."""
+        return [row for window in self.rollup_windows for row in rollup_rows(*window)]
+
+
+def rollup_rows(
+    partition: int, minute: int, rows: Mapping[tuple[Any, ...], list[int]], revision: int
+) -> Iterator[dict[str, Any]]:
+    """The rollups-topic records of one closed window of one partition."""
+    end = minute + MINUTE_MS
+    for dims, counters in rows.items():
+        record: dict[str, Any] = dict(zip(KEY_FIELDS, dims[:8], strict=True))
+        record.update(zip(ROLLUP_COUNTERS, counters, strict=True))
+        record["window_start"] = minute
+        record["window_end"] = end
+        record["source_partition"] = partition
+        record["revision"] = revision
+        yield record
 
 
 class Budgets(Protocol):
@@ -505,7 +529,7 @@ class PartitionAggregator:
             rows = self.windows[minute]
             if rows:
                 revision = self.revisions.get(minute, 0)
-                out.rollups.extend(self._rollup_rows(minute, rows, revision))
+                out.rollup_windows.append((self.partition, minute, rows, revision))
                 self.revisions[minute] = revision + 1
                 self.windows[minute] = {}
                 self._accs.pop(minute, None)  # they point at the rows just published
@@ -523,20 +547,6 @@ class PartitionAggregator:
             idle = wm - cfg.session_idle_ms
             for sid in [s for s, st in self.sessions.items() if st.last_time < idle]:
                 del self.sessions[sid]
-
-    def _rollup_rows(
-        self, minute: int, rows: Mapping[tuple[Any, ...], list[int]], revision: int
-    ) -> list[dict[str, Any]]:
-        found = []
-        for dims, counters in rows.items():
-            record: dict[str, Any] = dict(zip(KEY_FIELDS, dims[:8], strict=True))
-            record.update(zip(ROLLUP_COUNTERS, counters, strict=True))
-            record["window_start"] = minute
-            record["window_end"] = minute + MINUTE_MS
-            record["source_partition"] = self.partition
-            record["revision"] = revision
-            found.append(record)
-        return found
 
     # ------------------------------------------------------------------ state
 
