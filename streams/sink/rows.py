@@ -60,20 +60,17 @@ def canonical_event_id(raw: str) -> str:
     return str(uuid.UUID(raw))
 
 
-#: token_events columns taken from the event as it is (the rest the sink computes)
-_EVENT_COLUMNS: Final = tuple(
-    name
-    for name in ARROW_SCHEMA.names
-    if name
-    not in (
-        "event_id",
-        "cost_nanos",
-        "cost_source",
-        "price_version",
-        "kafka_partition",
-        "kafka_offset",
-    )
+#: token_events columns the sink computes (in Buffer.add's order), and those taken from the
+#: event as it is
+_COMPUTED_COLUMNS: Final = (
+    "event_id",
+    "cost_nanos",
+    "cost_source",
+    "price_version",
+    "kafka_partition",
+    "kafka_offset",
 )
+_EVENT_COLUMNS: Final = tuple(n for n in ARROW_SCHEMA.names if n not in _COMPUTED_COLUMNS)
 _ARROW_TYPES: Final = tuple(ARROW_SCHEMA.field(name).type for name in ARROW_SCHEMA.names)
 
 
@@ -154,17 +151,7 @@ class Buffer:
         self.started: float | None = None
         columns = self.columns
         self._appends = [(columns[name].append, name) for name in _EVENT_COLUMNS]
-        self._computed = tuple(
-            columns[name].append
-            for name in (
-                "event_id",
-                "cost_nanos",
-                "cost_source",
-                "price_version",
-                "kafka_partition",
-                "kafka_offset",
-            )
-        )
+        self._computed = tuple(columns[name].append for name in _COMPUTED_COLUMNS)
 
     @property
     def rows(self) -> list[Event]:
