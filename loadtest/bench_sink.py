@@ -5,6 +5,7 @@
 Runs against the local stack (started if needed) or SPENDSTREAM_KAFKA_BOOTSTRAP /
 SPENDSTREAM_CLICKHOUSE_URL. One run: produce N generated events (1% re-sends) to a fresh
 topic; read them all with a plain confluent-kafka consumer that decodes each message (the
+baseline), then again decoding each fetched batch with the sink's batch decoder (the second
 baseline); then run the sink (one process, in-process thread) from the start of the same topic
 into a fresh database, with its rollup views attached, until every message is accounted for.
 Prints both rates and their ratio (the issue's targets: sink >= 60% of raw and >= 100k rows/s).
@@ -30,6 +31,8 @@ from streams.local import stack
 from streams.local.clickhouse import connect
 from streams.migrate import Migrator, Target
 from streams.serde import AvroCodec
+from streams.serde.codec import SINGLE_OBJECT_MAGIC
+from streams.serde.columnar import ColumnarDecoder
 from streams.settings import Settings
 from streams.sink.metrics import SinkMetrics
 from streams.sink.runner import Sink
@@ -74,6 +77,38 @@ def raw_consume_decode(settings: Settings, topic: str, n: int) -> float:
             if message.error() is None:
                 codec.decode(message.value())
                 seen += 1
+    elapsed = time.perf_counter() - start
+    consumer.close()
+    return elapsed
+
+
+def raw_consume_columnar(settings: Settings, topic: str, n: int) -> float:
+    """Seconds to consume all ``n`` messages and decode each batch with the sink's batch
+    decoder (streams/serde/columnar.py): the baseline of the decoder the sink now uses."""
+    codec = AvroCodec("token_event")
+    decoder = ColumnarDecoder(codec.current)
+    header = SINGLE_OBJECT_MAGIC + codec.current.fingerprint
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": f"bench-raw-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+        }
+    )
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    seen = 0
+    start = time.perf_counter()
+    while seen < n:
+        bodies = [
+            message.value()[len(header) :]
+            for message in consumer.consume(num_messages=5000, timeout=1.0)
+            if message.error() is None
+        ]
+        if bodies:
+            if decoder.decode(bodies) is None:
+                raise SystemExit("the generated events did not decode as a batch")
+            seen += len(bodies)
     elapsed = time.perf_counter() - start
     consumer.close()
     return elapsed
@@ -137,6 +172,7 @@ def main() -> None:
     Migrator(client, Target.from_settings(settings)).migrate()
     produce(settings, topic, args.events)
     raw_s = raw_consume_decode(settings, topic, args.events)
+    columnar_s = raw_consume_columnar(settings, topic, args.events)
     total_s, steady_s, rows, timings = run_sink(settings, args.events)
     client.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}`")
     client.close()
@@ -147,6 +183,8 @@ def main() -> None:
         "sink_rows_per_s": round(rows / total_s),
         "sink_rows_per_s_after_first_insert": round(rows / steady_s),
         "sink_vs_raw": round((rows / total_s) / (args.events / raw_s), 3),
+        "raw_consume_batch_decode_per_s": round(args.events / columnar_s),
+        "sink_vs_raw_batch_decode": round((rows / total_s) / (args.events / columnar_s), 3),
         "batch_rows": settings.sink_batch_rows,
         **timings,
     }

@@ -24,7 +24,10 @@ from streams.deadletter import DeadLetter
 from streams.errors import DecodeError, SinkError
 from streams.pricing import SOURCE_UNPRICED, PriceCatalog, default_catalog
 from streams.serde import AvroCodec
+from streams.serde.codec import SINGLE_OBJECT_MAGIC
+from streams.serde.columnar import ColumnarDecoder
 from streams.settings import Settings
+from streams.sink import frames
 from streams.sink.metrics import SinkMetrics
 from streams.sink.rows import Block, Buffer
 from streams.sink.store import EventStore
@@ -36,6 +39,8 @@ CONSUME_BATCH = 5_000
 POLL_SECONDS = 0.1
 LAG_EVERY_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 5.0
+#: token_events.cost_nanos is a UInt64
+MAX_COST_NANOS = 1 << 64
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
@@ -99,7 +104,10 @@ class Sink:
         self.settings = settings
         self.topic = settings.topic_events
         self.codec = AvroCodec("token_event")
+        self.columnar = ColumnarDecoder(self.codec.current)
+        self._header = SINGLE_OBJECT_MAGIC + self.codec.current.fingerprint
         self.catalog = catalog or default_catalog()
+        self.pricer = frames.FramePricer(self.catalog)
         self.metrics = metrics or SinkMetrics()
         self.store = store or EventStore.connect(settings)
         self.consumer = Consumer(consumer_config(settings), logger=log)
@@ -146,9 +154,7 @@ class Sink:
         self._reap()
         messages = self.consumer.consume(num_messages=CONSUME_BATCH, timeout=POLL_SECONDS)
         if messages:
-            now_ms = events.now_ms()
-            for message in messages:
-                self._handle(message, now_ms)
+            self._handle_batch(messages, events.now_ms())
             self.deadletters.poll(0)
         if self._due():
             self._hand_over()
@@ -156,6 +162,51 @@ class Sink:
             self._update_lag()
 
     # -- consuming -----------------------------------------------------------------------------
+
+    def _handle_batch(self, messages: list[Message], now_ms: int) -> None:
+        """Messages in the current schema decode as one block of columns (serde/columnar.py);
+        the rest, and every message of a block that does not decode exactly, one by one."""
+        header = self._header
+        size = len(header)
+        bodies: list[bytes] = []
+        batch: list[Message] = []
+        for message in messages:
+            value = message.value()
+            if value is not None and value[:size] == header and message.error() is None:
+                bodies.append(value[size:])
+                batch.append(message)
+            else:
+                self._handle(message, now_ms)
+        if not batch:
+            return
+        frame = self.columnar.decode(bodies)
+        if frame is None:
+            for message in batch:
+                self._handle(message, now_ms)
+            return
+        positions = [_position(message) for message in batch]
+        partitions = [p for p, _ in positions]
+        offsets = [o for _, o in positions]
+        self.buffer.note_many(partitions, offsets)
+        valid = frame.select(frames.surely_valid(now_ms + events.MAX_FUTURE_MS)).to_series()
+        if not valid.all():
+            unsure = valid.not_().arg_true().to_list()
+            for index, event in zip(unsure, frames.as_events(frame[unsure]), strict=True):
+                self._check_and_add(batch[index], event, now_ms, noted=True)
+            keep = valid.arg_true().to_list()
+            frame = frame[keep]
+            partitions = [partitions[i] for i in keep]
+            offsets = [offsets[i] for i in keep]
+        priced = self.pricer.price(frame)
+        if priced is None:  # a cost beyond UInt64: priced one by one (and refused) below
+            kept = valid.arg_true().to_list()
+            for index, event in zip(kept, frames.as_events(frame), strict=True):
+                self._add_event(event, batch[index], noted=True)
+            return
+        unpriced = int((priced["cost_source"] == SOURCE_UNPRICED).sum())
+        if unpriced:
+            self.metrics.unpriced.inc(unpriced)
+        self.buffer.add_frame(frames.insert_frame(priced, partitions, offsets))
 
     def _handle(self, message: Message, now_ms: int) -> None:
         error = message.error()
@@ -165,25 +216,38 @@ class Sink:
                     raise SinkError(f"fatal Kafka error: {error}")
                 log.warning("kafka: %s", error)
             return
-        partition, offset = _position(message)
         try:
             event = self.codec.decode(message.value())
         except DecodeError as exc:
             self._dead_letter(message, "decode", exc.reason)
             return
+        self._check_and_add(message, event, now_ms)
+
+    def _check_and_add(
+        self, message: Message, event: events.Event, now_ms: int, *, noted: bool = False
+    ) -> None:
         if not events.surely_valid(event, now_ms + events.MAX_FUTURE_MS):
             found = events.problems(event, now_ms)
             if found:
-                self._dead_letter(message, "invalid", "; ".join(found))
+                self._dead_letter(message, "invalid", "; ".join(found), noted=noted)
                 return
+        self._add_event(event, message, noted=noted)
+
+    def _add_event(self, event: events.Event, message: Message, *, noted: bool = False) -> None:
         price = self.catalog.price(event)
+        if price.cost_nanos >= MAX_COST_NANOS:
+            reason = f"cost {price.cost_nanos} nano-USD does not fit token_events.cost_nanos"
+            self._dead_letter(message, "invalid", reason, noted=noted)
+            return
         if price.source == SOURCE_UNPRICED:
             self.metrics.unpriced.inc()
-        self.buffer.add(event, price, partition, offset)
+        self.buffer.add(event, price, *_position(message), noted=noted)
 
-    def _dead_letter(self, message: Message, kind: str, reason: str) -> None:
+    def _dead_letter(
+        self, message: Message, kind: str, reason: str, *, noted: bool = False
+    ) -> None:
         partition, offset = _position(message)
-        self.buffer.dead_letter(partition, offset, kind)
+        self.buffer.dead_letter(partition, offset, kind, noted=noted)
         headers: list[tuple[str, str | bytes | None]] = list(
             DeadLetter(kind, reason, "sink", self.topic, partition, offset).headers()
         )
@@ -235,13 +299,13 @@ class Sink:
 
     def _write(self, block: Block, cancel: threading.Event) -> int | None:
         """Lookup, filter, insert; the number of rows inserted, None when cancelled."""
-        keys = block.keys()
+        keys = block.lookup_tsv()
         existing = self._retry(
             lambda: self.store.existing(keys), self.metrics.lookup_seconds, cancel
         )
         if existing is None:
             return None
-        keep = [i for i, (_, event_id) in enumerate(keys) if event_id not in existing]
+        keep = block.keep(existing)
         if not keep:
             return 0
         table = block.to_arrow(keep)

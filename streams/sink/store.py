@@ -6,7 +6,6 @@ raises (the caller retries the SAME request, so a retry is always safe).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa  # type: ignore[import-untyped]
@@ -40,11 +39,10 @@ class EventStore:
         client = connect(settings, send_receive_timeout=60, autogenerate_session_id=False)
         return cls(client, Target.from_settings(settings))
 
-    def existing(self, keys: Sequence[tuple[int, str]]) -> set[str]:
-        """The event_ids among ``keys`` (hour epoch seconds, id) that ClickHouse already holds."""
-        if not keys:
+    def existing(self, data: bytes) -> set[str]:
+        """The event_ids among ``data`` (TSV: hour epoch seconds, id) that ClickHouse holds."""
+        if not data:
             return set()
-        data = "\n".join(f"{hour}\t{event_id}" for hour, event_id in keys).encode()
         batch = ExternalData(
             file_name="batch", data=data, fmt="TSV", structure="hour DateTime, event_id UUID"
         )

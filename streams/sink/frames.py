@@ -1,0 +1,234 @@
+"""Whole-batch work of the sink on decoded columns: validity, prices, Arrow rows.
+
+Each function here is the column-at-a-time twin of a per-event one (``events.surely_valid``,
+``PriceCatalog.price``, ``rows.Buffer.add``); unit tests pin each pair equal on generated and
+hand-made events. Money stays integral: costs are computed in 128-bit integers and refused
+(the batch falls back to the per-event path) if one does not fit the UInt64 column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+import polars as pl
+import pyarrow as pa  # type: ignore[import-untyped]
+
+from streams import events
+from streams.pricing import (
+    SOURCE_CATALOG,
+    SOURCE_REPORTED,
+    SOURCE_UNPRICED,
+    TOKENS_PER_PRICE_UNIT,
+    PriceCatalog,
+)
+from streams.sink.rows import ARROW_SCHEMA, MS_PER_HOUR
+
+_CANONICAL_UUID: Final = (
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+#: a value that Python's str.strip() cannot empty: it has a visible ASCII character (stricter
+#: than strip(), so a row that passes is surely valid; others go to events.problems())
+_VISIBLE: Final = r"[!-~]"
+_RATE_COLUMNS: Final = ("r_in", "r_cr", "r_cw5", "r_cw1", "r_out", "r_reas")
+
+
+def surely_valid(max_time_ms: int) -> pl.Expr:
+    """``events.surely_valid`` for a whole decoded frame: True only where problems() is empty."""
+    col = pl.col
+    tokens = [col(name) >= 0 for name in events.TOKEN_FIELDS]
+    required = [col(name).str.contains(_VISIBLE) for name in events.REQUIRED_IDS]
+    optional = [
+        col(name).is_null() | col(name).str.contains(_VISIBLE) for name in events.OPTIONAL_IDS
+    ]
+    return pl.all_horizontal(
+        col("event_time").is_between(events.MIN_EVENT_TIME_MS, max_time_ms),
+        col("event_id").str.contains(_CANONICAL_UUID),
+        *required,
+        *optional,
+        *tokens,
+        col("reasoning_tokens") <= col("output_tokens"),
+        col("cost_nanos").is_null() | (col("cost_nanos") >= 0),
+        col("turn").is_null() | (col("turn") >= 1),
+    ).fill_null(False)
+
+
+def as_events(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    """Rows as the per-event path's dicts (labels a dict, enums strings): for the few rows
+    the column path hands back, such as those ``surely_valid`` is not sure of."""
+    rows = frame.select(_event_columns(frame)).to_dicts()
+    for row in rows:
+        row["labels"] = {entry["key"]: entry["value"] for entry in row["labels"] or ()}
+    return rows
+
+
+def _event_columns(frame: pl.DataFrame) -> list[pl.Expr]:
+    return [
+        pl.col(name).cast(pl.String) if name in ("task_type", "status") else pl.col(name)
+        for name in frame.columns
+        if not name.startswith("__")
+    ]
+
+
+class FramePricer:
+    """``PriceCatalog.price`` for every row of a frame at once (one join per batch)."""
+
+    def __init__(self, catalog: PriceCatalog) -> None:
+        self.catalog = catalog
+        self._candidates: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+
+    def _rows_for(self, provider: str, model: str) -> list[tuple[Any, ...]]:
+        """Every (version, tier) a (provider, model) can be priced at: from when, above which
+        prompt size, at what rates, under which price_version label."""
+        found = self._candidates.get((provider, model))
+        if found is None:
+            found = []
+            version = self.catalog.version
+            for entry in self.catalog._resolve(provider, model):
+                label = f"{version}:{entry.model_id}@{entry.effective_from}"
+                tiers = [(-1, entry.rates, label)]
+                tiers += [
+                    (t.above_prompt_tokens, t.rates, f"{label}>{t.above_prompt_tokens}")
+                    for t in entry.tiers
+                ]
+                for above, rates, name in tiers:
+                    found.append(
+                        (
+                            provider,
+                            model,
+                            entry.effective_from_ms,
+                            above,
+                            rates.input,
+                            rates.cache_read,
+                            rates.cache_write_5m,
+                            rates.cache_write_1h,
+                            rates.output,
+                            rates.reasoning,
+                            name,
+                        )
+                    )
+            self._candidates[(provider, model)] = found
+        return found
+
+    def price(self, frame: pl.DataFrame) -> pl.DataFrame | None:
+        """``frame`` plus cost_nanos (UInt64), cost_source and price_version; None when a cost
+        does not fit (the caller prices those rows one by one and reports the overflow)."""
+        col = pl.col
+        unpriced = frame.filter(col("cost_nanos").is_null())
+        if unpriced.height == 0:
+            return frame.with_columns(
+                col("cost_nanos").cast(pl.UInt64),
+                pl.lit(SOURCE_REPORTED).alias("cost_source"),
+                pl.lit(SOURCE_REPORTED).alias("price_version"),
+            )
+        pairs = unpriced.select("provider", "model").unique().rows()
+        candidates = [row for pair in pairs for row in self._rows_for(*pair)]
+        table = pl.DataFrame(
+            candidates,
+            schema={
+                "provider": pl.String,
+                "model": pl.String,
+                "__from": pl.Int64,
+                "__above": pl.Int64,
+                **{name: pl.Int64 for name in _RATE_COLUMNS},
+                "__version": pl.String,
+            },
+            orient="row",
+        )
+        prompt = (
+            col("input_tokens")
+            + col("cache_read_tokens")
+            + col("cache_write_5m_tokens")
+            + col("cache_write_1h_tokens")
+        )
+        indexed = frame.with_row_index("__row")
+        # newest version in force at event_time, then the highest tier below the prompt size
+        chosen = (
+            indexed.filter(col("cost_nanos").is_null())
+            .select("__row", "provider", "model", "event_time", prompt.alias("__prompt"))
+            .join(table, on=["provider", "model"], how="inner")
+            .filter((col("__from") <= col("event_time")) & (col("__prompt") > col("__above")))
+            .sort("__row", "__from", "__above")
+            .group_by("__row", maintain_order=True)
+            .last()
+        )
+        big = pl.Int128
+        reasoning = pl.min_horizontal("reasoning_tokens", "output_tokens").cast(big)
+        total = (
+            col("input_tokens").cast(big) * col("r_in").cast(big)
+            + col("cache_read_tokens").cast(big) * col("r_cr").cast(big)
+            + col("cache_write_5m_tokens").cast(big) * col("r_cw5").cast(big)
+            + col("cache_write_1h_tokens").cast(big) * col("r_cw1").cast(big)
+            + (col("output_tokens").cast(big) - reasoning) * col("r_out").cast(big)
+            + reasoning * col("r_reas").cast(big)
+        )
+        half, unit = TOKENS_PER_PRICE_UNIT // 2, TOKENS_PER_PRICE_UNIT
+        catalog_cost = (total + pl.lit(half, big)) // pl.lit(unit, big)
+        priced = (
+            indexed.join(
+                chosen.select("__row", *_RATE_COLUMNS, "__version"), on="__row", how="left"
+            )
+            .sort("__row")
+            .with_columns(
+                pl.when(col("cost_nanos").is_not_null())
+                .then(col("cost_nanos").cast(big))
+                .when(col("__version").is_not_null())
+                .then(catalog_cost)
+                .otherwise(pl.lit(0, big))
+                .alias("__cost"),
+                pl.when(col("cost_nanos").is_not_null())
+                .then(pl.lit(SOURCE_REPORTED))
+                .when(col("__version").is_not_null())
+                .then(pl.lit(SOURCE_CATALOG))
+                .otherwise(pl.lit(SOURCE_UNPRICED))
+                .alias("cost_source"),
+            )
+        )
+        if priced["__cost"].max() >= 1 << 64:  # type: ignore[operator]
+            return None
+        missing = priced.filter(col("cost_source") == SOURCE_UNPRICED)
+        for provider, model in missing.select("provider", "model").rows():
+            self.catalog.unpriced[(provider, model)] += 1
+        return priced.with_columns(
+            col("__cost").cast(pl.UInt64).alias("cost_nanos"),
+            pl.when(col("cost_source") == SOURCE_CATALOG)
+            .then(col("__version"))
+            .otherwise(col("cost_source"))
+            .alias("price_version"),
+        ).drop("__row", "__cost", "__version", *_RATE_COLUMNS)
+
+
+def insert_frame(
+    frame: pl.DataFrame, partitions: Sequence[int], offsets: Sequence[int]
+) -> pl.DataFrame:
+    """A priced frame as the sink's rows: ARROW_SCHEMA's columns (polars types) plus ``hour``
+    (UTC hour in epoch seconds, for the dedup lookup)."""
+    col = pl.col
+    return frame.with_columns(
+        col("event_id").str.to_lowercase(),
+        col("event_time").cast(pl.Datetime("ms", "UTC")),
+        (col("event_time") // MS_PER_HOUR * 3600).alias("hour"),
+        col("turn").cast(pl.UInt32),
+        col("task_type").cast(pl.String),
+        col("status").cast(pl.String),
+        *(col(name).cast(pl.UInt64) for name in events.TOKEN_FIELDS),
+        pl.Series("kafka_partition", partitions, dtype=pl.UInt32),
+        pl.Series("kafka_offset", offsets, dtype=pl.UInt64),
+    ).select(*ARROW_SCHEMA.names, "hour")
+
+
+def to_arrow(frame: pl.DataFrame) -> pa.Table:
+    """Rows (``insert_frame``'s shape) as an Arrow table of exactly ARROW_SCHEMA."""
+    table = frame.select(ARROW_SCHEMA.names).to_arrow()
+    labels = table.column("labels").combine_chunks()
+    entries = labels.values
+    as_map = pa.MapArray.from_arrays(
+        labels.offsets.cast(pa.int32()),
+        entries.field("key").cast(pa.string()),
+        entries.field("value").cast(pa.string()),
+    )
+    arrays = [
+        as_map if name == "labels" else table.column(name).cast(field.type)
+        for name, field in zip(ARROW_SCHEMA.names, ARROW_SCHEMA, strict=True)
+    ]
+    return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
