@@ -141,16 +141,17 @@ class FramePricer:
             + col("cache_write_5m_tokens")
             + col("cache_write_1h_tokens")
         )
-        indexed = frame.with_row_index("__row")
+        needed = ["provider", "model", "event_time", "cost_nanos", *events.TOKEN_FIELDS]
+        indexed = frame.lazy().select(needed).with_row_index("__row")
         # newest version in force at event_time, then the highest tier below the prompt size
         chosen = (
             indexed.filter(col("cost_nanos").is_null())
             .select("__row", "provider", "model", "event_time", prompt.alias("__prompt"))
-            .join(table, on=["provider", "model"], how="inner")
+            .join(table.lazy(), on=["provider", "model"], how="inner")
             .filter((col("__from") <= col("event_time")) & (col("__prompt") > col("__above")))
             .sort("__row", "__from", "__above")
-            .group_by("__row", maintain_order=True)
-            .last()
+            .unique(subset="__row", keep="last", maintain_order=True)
+            .select("__row", *_RATE_COLUMNS, "__version")
         )
         big = pl.Int128
         reasoning = pl.min_horizontal("reasoning_tokens", "output_tokens").cast(big)
@@ -165,10 +166,7 @@ class FramePricer:
         half, unit = TOKENS_PER_PRICE_UNIT // 2, TOKENS_PER_PRICE_UNIT
         catalog_cost = (total + pl.lit(half, big)) // pl.lit(unit, big)
         priced = (
-            indexed.join(
-                chosen.select("__row", *_RATE_COLUMNS, "__version"), on="__row", how="left"
-            )
-            .sort("__row")
+            indexed.join(chosen, on="__row", how="left", maintain_order="left")
             .with_columns(
                 pl.when(col("cost_nanos").is_not_null())
                 .then(col("cost_nanos").cast(big))
@@ -183,19 +181,23 @@ class FramePricer:
                 .otherwise(pl.lit(SOURCE_UNPRICED))
                 .alias("cost_source"),
             )
+            .select("__cost", "cost_source", "__version", "provider", "model")
+            .collect(engine="in-memory")  # measured ~1.5x faster than streaming at this size
         )
         if priced["__cost"].max() >= 1 << 64:  # type: ignore[operator]
             return None
         missing = priced.filter(col("cost_source") == SOURCE_UNPRICED)
         for provider, model in missing.select("provider", "model").rows():
             self.catalog.unpriced[(provider, model)] += 1
-        return priced.with_columns(
+        computed = priced.select(
             col("__cost").cast(pl.UInt64).alias("cost_nanos"),
+            col("cost_source"),
             pl.when(col("cost_source") == SOURCE_CATALOG)
             .then(col("__version"))
             .otherwise(col("cost_source"))
             .alias("price_version"),
-        ).drop("__row", "__cost", "__version", *_RATE_COLUMNS)
+        )
+        return frame.with_columns(computed.get_columns())
 
 
 def insert_frame(
