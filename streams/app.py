@@ -60,6 +60,7 @@ from streams.processors.stage1 import (
 )
 from streams.processors.stage2 import BaselineRequest, BudgetTotals, Stage2Config, Stage2Output
 from streams.serde import AvroCodec
+from streams.serde.columnar import ColumnarDecoder
 from streams.settings import Settings, env_name
 from streams.topics import TopicSpec, ensure_topics
 
@@ -394,6 +395,7 @@ class Worker:
         self.budgets: BudgetView | StaticBudgets = budgets or BudgetView(settings)
         self.baseline_reader = baseline_reader
         self.event_codec = AvroCodec("token_event")
+        self.columnar = ColumnarDecoder(self.event_codec.current)
         self.alert_codec = AvroCodec("budget_alert")
         self.rollup_codec = AvroCodec("rollup_1m")
         self.catalog = default_catalog()
@@ -483,6 +485,7 @@ class Worker:
                 self.catalog,
                 self.budgets,
                 self.config.stage1,
+                columnar=self.columnar,
             )
             slot = _PartitionSlot(partition, processor)
             prefix = f"{partition}"

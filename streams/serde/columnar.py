@@ -179,6 +179,7 @@ class ColumnarDecoder:
         self._header = out.getvalue()
         self._layout = _Layout(schema["fields"])
         self.columns = tuple(self._layout.names)
+        self.fingerprint = version.fingerprint
 
     def decode(self, bodies: Sequence[bytes]) -> pl.DataFrame | None:
         """One row per body, in order; None unless every body decodes to exactly one record."""
