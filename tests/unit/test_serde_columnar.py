@@ -105,3 +105,12 @@ def test_varint_sizes() -> None:
     values = [0, -1, 63, -64, 64, -65, 8191, 8192, (1 << 63) - 1, -(1 << 63)]
     sizes = _varint_size(np.array(values, dtype=np.int64)).tolist()
     assert sizes == [len(_zigzag_varint(v)) for v in values]
+
+
+def test_polars_runs_one_thread_unless_told_otherwise() -> None:
+    import os
+
+    import streams  # noqa: F401  (sets the default before polars is imported)
+
+    expected = int(os.environ["POLARS_MAX_THREADS"])
+    assert pl.thread_pool_size() == expected
