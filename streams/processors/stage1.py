@@ -194,7 +194,6 @@ class PartitionAggregator:
         """Count a batch of records (one partition, offset order); see the module docstring."""
         out = Stage1Output()
         cfg = self.config
-        decode = self.decode
         targets_of = self._targets
         now = self.now_ms()
         max_t = now + ev_mod.MAX_FUTURE_MS
@@ -226,43 +225,40 @@ class PartitionAggregator:
         accs: dict[tuple[Any, ...], _KeyInfo] = {}
         ids: list[int] = []
         alerts = out.alerts
-        rows = self._columns(records, use_labels)
-        for rec, fields in zip(records, rows, strict=True):
+        columns = self._columns(records, use_labels)
+        for (
+            rec,
+            eid,
+            t,
+            org,
+            team,
+            user,
+            project,
+            api_key,
+            session,
+            turn,
+            client,
+            task,
+            provider,
+            model,
+            i_tok,
+            cr,
+            cw5,
+            cw1,
+            out_tok,
+            reas,
+            reported,
+            status,
+            labels,
+        ) in zip(records, *columns, strict=True):
             offset = rec.offset
             if offset <= applied:
                 out.skipped += 1
                 continue
             last_offset = offset
-            if fields is None:
-                try:
-                    fields = _as_row(decode(rec.value))
-                except DecodeError as exc:
-                    dead.append(DeadLetterOut(rec, "decode", exc.reason))
-                    continue
-            (
-                eid,
-                t,
-                org,
-                team,
-                user,
-                project,
-                api_key,
-                session,
-                turn,
-                client,
-                task,
-                provider,
-                model,
-                i_tok,
-                cr,
-                cw5,
-                cw1,
-                out_tok,
-                reas,
-                reported,
-                status,
-                labels,
-            ) = fields
+            if eid is None:  # not decodable: ``t`` holds the reason
+                dead.append(DeadLetterOut(rec, "decode", t))
+                continue
             try:
                 key64 = int(eid.replace("-", ""), 16) & _MASK63 if len(eid) == 36 else -1
             except ValueError:
@@ -284,7 +280,35 @@ class PartitionAggregator:
                 and session != ""
                 and api_key != ""
             ):
-                found = ev_mod.problems(_as_event(fields), now)
+                found = ev_mod.problems(
+                    _as_event(
+                        (
+                            eid,
+                            t,
+                            org,
+                            team,
+                            user,
+                            project,
+                            api_key,
+                            session,
+                            turn,
+                            client,
+                            task,
+                            provider,
+                            model,
+                            i_tok,
+                            cr,
+                            cw5,
+                            cw1,
+                            out_tok,
+                            reas,
+                            reported,
+                            status,
+                            labels,
+                        )
+                    ),
+                    now,
+                )
                 if found:
                     dead.append(DeadLetterOut(rec, "invalid", "; ".join(found)))
                     continue
@@ -409,12 +433,13 @@ class PartitionAggregator:
         self._expire(out)
         return out
 
-    def _columns(self, records: Sequence[Record], use_labels: bool) -> list[tuple[Any, ...] | None]:
-        """Each record's fields (EVENT_FIELDS order), decoded as one block of columns when the
-        batch is big enough to pay for it; None where the record is left to ``decode``."""
+    def _columns(self, records: Sequence[Record], use_labels: bool) -> Sequence[Sequence[Any]]:
+        """The records' fields as columns (EVENT_FIELDS order), decoded as one block when the
+        batch is big enough to pay for it, else record by record. A record that does not
+        decode has event_id None and the reason in event_time's place."""
         columnar = self.columnar
         if columnar is None or len(records) < COLUMNAR_MIN_BATCH:
-            return [None] * len(records)
+            return self._decoded_one_by_one(records, range(len(records)))
         header = self._header
         size = len(header)
         picked: list[int] = []
@@ -426,18 +451,38 @@ class PartitionAggregator:
                 bodies.append(value[size:])
         frame = columnar.decode(bodies) if len(bodies) >= COLUMNAR_MIN_BATCH else None
         if frame is None:
-            return [None] * len(records)
+            return self._decoded_one_by_one(records, range(len(records)))
         columns = [
-            frame[name].to_list() if name != "labels" else _labels(frame[name], use_labels)
+            frame.get_column(name).to_list()
+            if name != "labels"
+            else _labels(frame.get_column(name), use_labels)
             for name in EVENT_FIELDS
         ]
-        decoded = list(zip(*columns, strict=True))
         if len(picked) == len(records):
-            return decoded  # type: ignore[return-value]
-        rows: list[tuple[Any, ...] | None] = [None] * len(records)
-        for index, row in zip(picked, decoded, strict=True):
+            return columns
+        # a few records in another framing or version: merge them in by position
+        rows: list[tuple[Any, ...]] = [()] * len(records)
+        for index, row in zip(picked, zip(*columns, strict=True), strict=True):
             rows[index] = row
-        return rows
+        others = [i for i, row in enumerate(rows) if not row]
+        decoded = zip(*self._decoded_one_by_one(records, others), strict=True)
+        for index, row in zip(others, decoded, strict=True):
+            rows[index] = row
+        return list(zip(*rows, strict=True))
+
+    def _decoded_one_by_one(
+        self, records: Sequence[Record], indices: Sequence[int]
+    ) -> Sequence[Sequence[Any]]:
+        decode = self.decode
+        rows: list[tuple[Any, ...]] = []
+        for index in indices:
+            try:
+                rows.append(_as_row(decode(records[index].value)))
+            except DecodeError as exc:
+                rows.append((None, exc.reason, *_NOTHING))
+        if not rows:
+            return [[] for _ in EVENT_FIELDS]
+        return list(zip(*rows, strict=True))
 
     def _period_cache(self, budget: Budget) -> PeriodCache:
         key = (budget.period, budget.timezone, budget.window_ms)
@@ -681,6 +726,7 @@ EVENT_FIELDS: Final = (
 #: cost, ~1-2 ms a call, is more than fastavro's ~8 us per event saves)
 COLUMNAR_MIN_BATCH: Final = 256
 _as_row: Final = operator.itemgetter(*EVENT_FIELDS)
+_NOTHING: Final = (None,) * (len(EVENT_FIELDS) - 2)
 
 
 def _as_event(row: Sequence[Any]) -> dict[str, Any]:

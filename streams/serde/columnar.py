@@ -124,32 +124,50 @@ class _Layout:
                 self.longs.append(index)
             else:
                 raise ValueError(f"{field['name']}: type {kind!r} is not supported")
-        # one select for everything but the map: string lengths, long values, union nulls
-        self._exprs = [
-            *(pl.col(self.names[i]).str.len_bytes().cast(pl.Int64) for i in self.strings),
-            *(pl.col(self.names[i]).cast(pl.Int64) for i in self.longs),
-            *(
-                pl.col(self.names[i]).is_null().cast(pl.Int64).alias(f"__null{i}")
-                for i in self.unions
-            ),
-        ]
+        # one select gives everything but the map: string lengths, long values, union presence
+        exprs: list[pl.Expr] = []
+        self._column_of: dict[int, int] = {}  # field -> its column in that select
+        self._present_of: dict[int, int] = {}  # union field -> its presence column
+        for index in (*self.strings, *self.longs):
+            name = self.names[index]
+            value = pl.col(name)
+            value = value.str.len_bytes() if index in self.strings else value
+            self._column_of[index] = len(exprs)
+            exprs.append(value.cast(pl.Int64).fill_null(0).alias(f"__v{index}"))
+        for index in self.unions:
+            self._present_of[index] = len(exprs)
+            exprs.append(
+                pl.col(self.names[index]).is_not_null().cast(pl.Int64).alias(f"__p{index}")
+            )
+        self._exprs = exprs
 
-    def sizes(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Encoded bytes of every field of every row (canonical encoding), rows x fields, and
-        which union fields are null (rows x unions)."""
-        rows = frame.height
-        values = frame.select(self._exprs).fill_null(0).to_numpy()
-        n_strings, n_longs = len(self.strings), len(self.longs)
-        out = np.empty((rows, len(self.names)), dtype=np.int64)
-        out[:, self.strings] = _string_size(values[:, :n_strings])
-        out[:, self.longs] = _varint_size(values[:, n_strings : n_strings + n_longs])
-        out[:, self.fixed] = 1
-        nulls = values[:, n_strings + n_longs :].astype(bool)
-        if self.unions:
-            out[:, self.unions] = np.where(nulls, 1, out[:, self.unions] + 1)
-        if self.labels is not None:
-            out[:, self.labels] = self._map_sizes(frame[self.names[self.labels]])
-        return out, nulls
+    def end_positions(
+        self, frame: pl.DataFrame, starts: np.ndarray, data: bytes
+    ) -> np.ndarray | None:
+        """Walk the fields in order from each row's start, as a canonical encoder would write
+        them: where each row ends, or None if a union's branch byte differs from its value's
+        (polars reads any non-zero branch index as the second)."""
+        raw = np.frombuffer(data, dtype=np.uint8)
+        values = frame.select(self._exprs).to_numpy(order="fortran")
+        position = starts.copy()
+        for index in range(len(self.names)):
+            present: np.ndarray | None = None
+            if index in self._present_of:
+                present = values[:, self._present_of[index]]
+                if not np.array_equal(raw[position], present * 2):
+                    return None
+                position += 1
+            size: np.ndarray | int
+            if index in self.strings:
+                size = _string_size(values[:, self._column_of[index]])
+            elif index in self.longs:
+                size = _varint_size(values[:, self._column_of[index]])
+            elif index in self.fixed:
+                size = 1
+            else:
+                size = self._map_sizes(frame.get_column(self.names[index]))
+            position += size if present is None else present * size
+        return position
 
     @staticmethod
     def _map_sizes(column: pl.Series) -> np.ndarray:
@@ -202,17 +220,9 @@ class ColumnarDecoder:
         return frame
 
     def _exact(self, frame: pl.DataFrame, bodies: Sequence[bytes], data: bytes) -> bool:
-        """Each row re-encodes to exactly its body's length and its union branch bytes are
-        the ones the values say (polars reads any non-zero branch index as the second)."""
-        sizes, nulls = self._layout.sizes(frame)
+        """Each row re-encodes (canonically) to exactly its body: the same length, and the
+        same branch byte in every union."""
         lengths = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies))
-        if not np.array_equal(sizes.sum(axis=1), lengths):
-            return False
-        unions = self._layout.unions
-        if not unions:
-            return True
-        row_start = np.cumsum(lengths) - lengths
-        field_start = np.cumsum(sizes, axis=1) - sizes
-        positions = row_start[:, None] + field_start[:, unions]
-        branch = np.frombuffer(data, dtype=np.uint8)[positions]
-        return bool(np.array_equal(branch, np.where(nulls, 0, 2)))
+        ends = np.cumsum(lengths)
+        found = self._layout.end_positions(frame, ends - lengths, data)
+        return found is not None and bool(np.array_equal(found, ends))
