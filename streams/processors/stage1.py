@@ -352,7 +352,7 @@ class PartitionAggregator:
                     client,
                     task,
                     provider,
-                    tuple(labels.items()) if len(labels) == 1 else tuple(sorted(labels.items())),
+                    labels,
                 )
             else:
                 key = (org, team, user, project, model, client, task, provider)
@@ -477,7 +477,8 @@ class PartitionAggregator:
         rows: list[tuple[Any, ...]] = []
         for index in indices:
             try:
-                rows.append(_as_row(decode(records[index].value)))
+                row = _as_row(decode(records[index].value))
+                rows.append((*row[:-1], label_key(row[-1])))
             except DecodeError as exc:
                 rows.append((None, exc.reason, *_NOTHING))
         if not rows:
@@ -726,18 +727,21 @@ EVENT_FIELDS: Final = (
 #: cost, ~1-2 ms a call, is more than fastavro's ~8 us per event saves)
 COLUMNAR_MIN_BATCH: Final = 256
 _as_row: Final = operator.itemgetter(*EVENT_FIELDS)
+#: labels in a scope key: (name, value) pairs sorted by name
+LabelKey = tuple[tuple[str, str], ...]
 _NOTHING: Final = (None,) * (len(EVENT_FIELDS) - 2)
 
 
 def _as_event(row: Sequence[Any]) -> dict[str, Any]:
     event = dict(zip(EVENT_FIELDS, row, strict=True))
-    if event["labels"] is None:  # not read (no budget scopes on labels): any map is valid
-        event["labels"] = {}
+    # None: not read (no budget scopes on labels), and any decoded map is valid
+    event["labels"] = dict(event["labels"] or ())
     return event
 
 
-def _labels(column: pl.Series, wanted: bool) -> list[dict[str, str] | None]:
-    """The labels column as dicts, or Nones when no budget uses labels (not worth reading)."""
+def _labels(column: pl.Series, wanted: bool) -> list[LabelKey | None]:
+    """The labels column as scope-key parts (``label_key``), or Nones when no budget scopes on
+    labels (not worth reading)."""
     if not wanted:
         return [None] * len(column)
     lists = column.to_arrow()
@@ -749,5 +753,17 @@ def _labels(column: pl.Series, wanted: bool) -> list[dict[str, str] | None]:
     first, last = offsets[0], offsets[-1]
     if offsets == list(range(first, last + 1)) and last - first == len(column):
         # one label each, the usual shape: no slicing per row
-        return [{k: v} for k, v in zip(keys[first:last], values[first:last], strict=True)]
-    return [dict(zip(keys[a:b], values[a:b], strict=True)) for a, b in itertools.pairwise(offsets)]
+        return [((k, v),) for k, v in zip(keys[first:last], values[first:last], strict=True)]
+    return [
+        tuple(sorted(zip(keys[a:b], values[a:b], strict=True)))
+        for a, b in itertools.pairwise(offsets)
+    ]
+
+
+def label_key(labels: Mapping[str, str] | None) -> LabelKey:
+    """Labels as they appear in a scope key: (name, value) pairs sorted by name."""
+    if not labels:
+        return ()
+    if len(labels) == 1:
+        return tuple(labels.items())
+    return tuple(sorted(labels.items()))

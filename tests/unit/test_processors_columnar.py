@@ -17,6 +17,7 @@ from streams.processors.stage1 import (
     PartitionAggregator,
     Stage1Config,
     _labels,
+    label_key,
 )
 from streams.serde import AvroCodec
 from streams.serde.columnar import ColumnarDecoder
@@ -96,11 +97,12 @@ def test_columnar_batches_equal_record_by_record() -> None:
     assert decoded_in_fallback == 700 + 2 + 200
 
 
-def test_labels_as_dicts() -> None:
+def test_labels_as_scope_key_parts() -> None:
     column = pl.Series(
         [[{"key": "a", "value": "1"}], [], [{"key": "b", "value": "2"}, {"key": "c", "value": "3"}]]
     )
-    assert _labels(column, True) == [{"a": "1"}, {}, {"b": "2", "c": "3"}]
-    assert _labels(column[:1], True) == [{"a": "1"}]
-    assert _labels(column[2:], True) == [{"b": "2", "c": "3"}]
+    assert _labels(column, True) == [(("a", "1"),), (), (("b", "2"), ("c", "3"))]
+    assert _labels(column[:1], True) == [(("a", "1"),)]
+    assert _labels(column[2:], True) == [(("b", "2"), ("c", "3"))]
     assert _labels(column, False) == [None, None, None]
+    assert [label_key(d) for d in ({"a": "1"}, {}, {"c": "3", "b": "2"})] == _labels(column, True)
