@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import resource
 import threading
 import time
 import uuid
@@ -119,6 +120,7 @@ def run_sink(settings: Settings, n: int) -> tuple[float, float, int, dict[str, f
     registry = CollectorRegistry()
     sink = Sink(settings, metrics=SinkMetrics(registry))
     start = time.perf_counter()
+    cpu_start = time.process_time()
     thread = threading.Thread(target=sink.run, daemon=True)
     thread.start()
 
@@ -137,6 +139,7 @@ def run_sink(settings: Settings, n: int) -> tuple[float, float, int, dict[str, f
             break
         time.sleep(0.02)
     end = time.perf_counter()
+    cpu = time.process_time() - cpu_start
     sink.stop()
     thread.join(60)
     rows = int(sample("spendstream_sink_rows_inserted_total"))
@@ -145,6 +148,11 @@ def run_sink(settings: Settings, n: int) -> tuple[float, float, int, dict[str, f
         "insert_s_total": round(sample("spendstream_sink_insert_seconds_sum"), 2),
         "lookups": sample("spendstream_sink_lookup_seconds_count"),
         "lookup_s_total": round(sample("spendstream_sink_lookup_seconds_sum"), 2),
+        # CPU seconds of this process (all its threads) over the sink's wall seconds: near 1
+        # means one core's worth of Python, librdkafka and Arrow work
+        "sink_cpu_per_wall": round(cpu / (end - start), 2),
+        # peak resident memory of this process (the raw baselines ran in it before the sink)
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     return end - start, end - (first_insert or start), rows, timings
 

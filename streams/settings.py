@@ -190,7 +190,7 @@ class Settings:
         "SINK_INSTANCE_ID", _str, None, "sink: static group member id (restart without rebalance)"
     )
     sink_batch_rows: int = _field(
-        "SINK_BATCH_ROWS", _positive_int, 50_000, "sink: insert when this many rows are buffered"
+        "SINK_BATCH_ROWS", _positive_int, 100_000, "sink: insert when this many rows are buffered"
     )
     sink_flush_seconds: float = _field(
         "SINK_FLUSH_SECONDS", _positive_float, 1.0, "sink: insert at least this often"

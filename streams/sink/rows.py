@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Final
 
+import numpy as np
 import polars as pl
 import pyarrow as pa  # type: ignore[import-untyped]
 
@@ -217,8 +218,21 @@ class Buffer:
             self.ranges[partition] = (min(span[0], offset), max(span[1], offset))
 
     def note_many(self, partitions: Sequence[int], offsets: Sequence[int]) -> None:
-        for partition, offset in zip(partitions, offsets, strict=True):
-            self.note(partition, offset)
+        """``note`` for a whole batch (per partition once, not per message)."""
+        if not offsets:
+            return
+        if self.started is None:
+            self.started = time.monotonic()
+        self.messages += len(offsets)
+        parts = np.asarray(partitions, dtype=np.int64)
+        offs = np.asarray(offsets, dtype=np.int64)
+        for partition in np.unique(parts).tolist():
+            chosen = offs[parts == partition]
+            low, high = int(chosen.min()), int(chosen.max())
+            span = self.ranges.get(partition)
+            if span is not None:
+                low, high = min(low, span[0]), max(high, span[1])
+            self.ranges[partition] = (low, high)
 
     def dead_letter(self, partition: int, offset: int, kind: str, *, noted: bool = False) -> None:
         if not noted:

@@ -152,7 +152,13 @@ class Sink:
     def step(self) -> None:
         """One round: reap a finished insert, consume a batch, maybe hand the buffer over."""
         self._reap()
-        messages = self.consumer.consume(num_messages=CONSUME_BATCH, timeout=POLL_SECONDS)
+        timeout = POLL_SECONDS
+        if self._paused and self._job is not None:
+            # nothing to fetch until the insert in flight is done: wake as soon as it is
+            self._job.done.wait(POLL_SECONDS)
+            self._reap()
+            timeout = 0
+        messages = self.consumer.consume(num_messages=CONSUME_BATCH, timeout=timeout)
         if messages:
             self._handle_batch(messages, events.now_ms())
             self.deadletters.poll(0)
@@ -170,11 +176,15 @@ class Sink:
         size = len(header)
         bodies: list[bytes] = []
         batch: list[Message] = []
+        partitions: list[int] = []
+        offsets: list[int] = []
         for message in messages:
             value = message.value()
             if value is not None and value[:size] == header and message.error() is None:
                 bodies.append(value[size:])
                 batch.append(message)
+                partitions.append(message.partition())  # type: ignore[arg-type]
+                offsets.append(message.offset())  # type: ignore[arg-type]
             else:
                 self._handle(message, now_ms)
         if not batch:
@@ -184,9 +194,6 @@ class Sink:
             for message in batch:
                 self._handle(message, now_ms)
             return
-        positions = [_position(message) for message in batch]
-        partitions = [p for p, _ in positions]
-        offsets = [o for _, o in positions]
         self.buffer.note_many(partitions, offsets)
         valid = frame.select(frames.surely_valid(now_ms + events.MAX_FUTURE_MS)).to_series()
         if not valid.all():
