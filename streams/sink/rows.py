@@ -141,6 +141,15 @@ class Block:
             .encode()
         )
 
+    def without(self, other: Block) -> Block:
+        """This block minus the rows whose event_id ``other`` has (same positions covered)."""
+        if not len(other) or not len(self):
+            return self
+        frame = self.frame.filter(
+            ~pl.col("event_id").is_in(other.frame.get_column("event_id").implode())
+        )
+        return dataclasses.replace(self, frame=frame)
+
     def keep(self, existing: set[str]) -> list[int]:
         """Positions of the rows whose event_id is not among ``existing``."""
         if not existing:

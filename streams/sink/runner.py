@@ -4,13 +4,16 @@ One thread consumes and decodes into a Buffer; when it is due (rows or age) it b
 that a writer thread looks up (which event_ids ClickHouse already has), filters and inserts
 with a deterministic dedup token, retrying the SAME request until it succeeds. Offsets are
 committed only after that, so a crash anywhere re-reads messages whose rows the lookup then
-drops. At most one block is in flight and one buffer filling: when both are full the assigned
-partitions are paused (consume() keeps being called, so the group keeps us), which bounds
-memory while ClickHouse is down or slow.
+drops. At most two blocks are in flight (the second one's lookup and Arrow conversion overlap
+the first one's insert; it leaves out the ids of the first, in memory) and one buffer
+filling: when all are full the assigned partitions are paused (consume() keeps being called,
+so the group keeps us), which bounds memory while ClickHouse is down or slow. Offsets are
+committed block by block in consumption order.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -39,6 +42,9 @@ CONSUME_BATCH = 5_000
 POLL_SECONDS = 0.1
 LAG_EVERY_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 5.0
+#: blocks being written at once: the next block's lookup and Arrow conversion overlap the
+#: insert before it (memory: this many blocks plus the one filling)
+MAX_IN_FLIGHT = 2
 #: token_events.cost_nanos is a UInt64
 MAX_COST_NANOS = 1 << 64
 
@@ -113,7 +119,7 @@ class Sink:
         self.consumer = Consumer(consumer_config(settings), logger=log)
         self.deadletters = Producer(deadletter_config(settings), logger=log)
         self.buffer = Buffer()
-        self._job: _Job | None = None
+        self._jobs: collections.deque[_Job] = collections.deque()
         self._stop = threading.Event()
         self._paused = False
         self._failed = False
@@ -153,9 +159,9 @@ class Sink:
         """One round: reap a finished insert, consume a batch, maybe hand the buffer over."""
         self._reap()
         timeout = POLL_SECONDS
-        if self._paused and self._job is not None:
-            # nothing to fetch until the insert in flight is done: wake as soon as it is
-            self._job.done.wait(POLL_SECONDS)
+        if self._paused and self._jobs:
+            # nothing to fetch until the oldest insert in flight is done: wake when it is
+            self._jobs[0].done.wait(POLL_SECONDS)
             self._reap()
             timeout = 0
         messages = self.consumer.consume(num_messages=CONSUME_BATCH, timeout=timeout)
@@ -285,13 +291,20 @@ class Sink:
         )
 
     def _hand_over(self) -> None:
-        if self._job is not None:
-            # Keep filling while the writer works; stop fetching only once the buffer is full.
+        if len(self._jobs) >= MAX_IN_FLIGHT:
+            # Keep filling while the writers work; stop fetching only once the buffer is full.
             if len(self.buffer) >= self.settings.sink_batch_rows:
                 self._pause(True)
             return
-        self._job = _Job(self.buffer.take(), self._write)
+        self._start(self.buffer.take())
         self._pause(False)
+
+    def _start(self, block: Block) -> None:
+        """Write ``block`` on its own thread. Its lookup may run before the insert of the block
+        still in flight lands, so the ids of that block are dropped from it here, in memory."""
+        if self._jobs:
+            block = block.without(self._jobs[-1].block)
+        self._jobs.append(_Job(block, self._write))
 
     def _pause(self, paused: bool) -> None:
         if paused == self._paused:
@@ -343,15 +356,16 @@ class Sink:
     # -- committing ----------------------------------------------------------------------------
 
     def _reap(self) -> None:
-        job = self._job
-        if job is None or not job.done.is_set():
-            return
-        self._job = None
-        if job.error is not None:
-            raise SinkError(f"sink writer failed: {job.error!r}") from job.error
-        if job.inserted is None:
-            return  # cancelled: nothing committed, the next owner re-reads
-        self._commit(job.block, job.inserted)
+        """Commit finished blocks in consumption order: a block done early waits for the ones
+        before it, so no commit ever passes a block that is not in ClickHouse."""
+        while self._jobs and self._jobs[0].done.is_set():
+            job = self._jobs.popleft()
+            if job.error is not None:
+                raise SinkError(f"sink writer failed: {job.error!r}") from job.error
+            if job.inserted is None:  # cancelled: nothing after it may be committed either
+                self._abandon()
+                return
+            self._commit(job.block, job.inserted)
 
     def _commit(self, block: Block, inserted: int) -> None:
         if self.deadletters.flush(30) > 0 or self._delivery_errors:
@@ -371,15 +385,14 @@ class Sink:
             self.metrics.deadlettered.labels(kind).inc(count)
 
     def _drain(self, timeout: float) -> None:
-        """Finish the block in flight, then the buffer, within ``timeout``; else drop them.
+        """Finish the blocks in flight, then the buffer, within ``timeout``; else drop them.
 
         Dropping is safe: nothing was committed, so the next owner re-reads those messages.
         """
         deadline = time.monotonic() + timeout
+        if len(self.buffer):
+            self._start(self.buffer.take())
         finished = self._finish(deadline)
-        if finished and len(self.buffer):
-            self._job = _Job(self.buffer.take(), self._write)
-            finished = self._finish(deadline)
         if not finished:
             log.warning(
                 "drain timed out after %.0fs: uncommitted messages will be re-read", timeout
@@ -387,19 +400,17 @@ class Sink:
         self._abandon()
 
     def _finish(self, deadline: float) -> bool:
-        job = self._job
-        if job is None:
-            return True
-        if not job.done.wait(max(0.0, deadline - time.monotonic())):
-            return False
-        self._reap()
+        while self._jobs:
+            if not self._jobs[0].done.wait(max(0.0, deadline - time.monotonic())):
+                return False
+            self._reap()
         return True
 
     def _abandon(self) -> None:
         """Forget uncommitted work; a writer still retrying stops at its next attempt."""
-        if self._job is not None:
-            self._job.cancel.set()
-            self._job = None
+        for job in self._jobs:
+            job.cancel.set()
+        self._jobs.clear()
         self.buffer.clear()
         self._paused = False
         self.metrics.paused.set(0)

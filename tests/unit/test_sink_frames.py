@@ -158,3 +158,18 @@ def test_empty_and_single_buffers(n: int) -> None:
         buffer.add(event, default_catalog().price(event), 0, i)
     block = buffer.take()
     assert len(block) == n and block.to_arrow().num_rows == n
+
+
+def test_a_block_without_the_ids_of_the_block_in_flight() -> None:
+    catalog = default_catalog()
+    events = list(generate_events(4, seed=12))
+    first, second = Buffer(), Buffer()
+    for i, event in enumerate(events[:2]):
+        first.add(event, catalog.price(event), 0, i)
+    for i, event in enumerate(events[1:]):  # events[1] re-sent in the next block
+        second.add(event, catalog.price(event), 0, 10 + i)
+    a, b = first.take(), second.take()
+    rest = b.without(a)
+    assert [r["event_id"] for r in rest.rows] == [e["event_id"] for e in events[2:]]
+    assert rest.ranges == b.ranges and rest.messages == b.messages == 3
+    assert b.without(Buffer().take()) is b
