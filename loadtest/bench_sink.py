@@ -59,9 +59,8 @@ def produce(settings: Settings, topic: str, n: int) -> None:
     producer.flush(120)
 
 
-def raw_consume_decode(settings: Settings, topic: str, n: int) -> float:
-    """Seconds to consume and decode all ``n`` messages with batched consume()."""
-    codec = AvroCodec("token_event")
+def _from_the_start(settings: Settings, topic: str) -> Consumer:
+    """A plain consumer of every partition of ``topic`` from offset 0 (no group commits)."""
     consumer = Consumer(
         {
             **settings.kafka_client_config(),
@@ -71,6 +70,13 @@ def raw_consume_decode(settings: Settings, topic: str, n: int) -> float:
     )
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    return consumer
+
+
+def raw_consume_decode(settings: Settings, topic: str, n: int) -> float:
+    """Seconds to consume and decode all ``n`` messages with batched consume()."""
+    codec = AvroCodec("token_event")
+    consumer = _from_the_start(settings, topic)
     seen = 0
     start = time.perf_counter()
     while seen < n:
@@ -89,15 +95,7 @@ def raw_consume_columnar(settings: Settings, topic: str, n: int) -> float:
     codec = AvroCodec("token_event")
     decoder = ColumnarDecoder(codec.current)
     header = SINGLE_OBJECT_MAGIC + codec.current.fingerprint
-    consumer = Consumer(
-        {
-            **settings.kafka_client_config(),
-            "group.id": f"bench-raw-{uuid.uuid4().hex[:6]}",
-            "enable.auto.commit": False,
-        }
-    )
-    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    consumer = _from_the_start(settings, topic)
     seen = 0
     start = time.perf_counter()
     while seen < n:

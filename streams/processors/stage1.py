@@ -280,35 +280,9 @@ class PartitionAggregator:
                 and session != ""
                 and api_key != ""
             ):
-                found = ev_mod.problems(
-                    _as_event(
-                        (
-                            eid,
-                            t,
-                            org,
-                            team,
-                            user,
-                            project,
-                            api_key,
-                            session,
-                            turn,
-                            client,
-                            task,
-                            provider,
-                            model,
-                            i_tok,
-                            cr,
-                            cw5,
-                            cw1,
-                            out_tok,
-                            reas,
-                            reported,
-                            status,
-                            labels,
-                        )
-                    ),
-                    now,
-                )
+                # rare: the reasons come from the record decoded on its own, as a dict (the
+                # same values: tests/unit/test_serde_columnar.py)
+                found = ev_mod.problems(self.decode(rec.value), now)
                 if found:
                     dead.append(DeadLetterOut(rec, "invalid", "; ".join(found)))
                     continue
@@ -730,13 +704,6 @@ _as_row: Final = operator.itemgetter(*EVENT_FIELDS)
 #: labels in a scope key: (name, value) pairs sorted by name
 LabelKey = tuple[tuple[str, str], ...]
 _NOTHING: Final = (None,) * (len(EVENT_FIELDS) - 2)
-
-
-def _as_event(row: Sequence[Any]) -> dict[str, Any]:
-    event = dict(zip(EVENT_FIELDS, row, strict=True))
-    # None: not read (no budget scopes on labels), and any decoded map is valid
-    event["labels"] = dict(event["labels"] or ())
-    return event
 
 
 def _labels(column: pl.Series, wanted: bool) -> list[LabelKey | None]:
