@@ -211,7 +211,9 @@ class ColumnarDecoder:
             frame = pl.read_avro(io.BytesIO(block))
         except Exception:
             return None
-        except BaseException as exc:  # a Rust panic on corrupt bytes (pyo3 PanicException)
+        except BaseException as exc:
+            # a Rust panic on some corrupt bytes (pyo3's PanicException is a BaseException);
+            # Rust's hook has printed "thread ... panicked" to stderr already
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
             return None
