@@ -282,7 +282,11 @@ class PartitionAggregator:
             ):
                 # rare: the reasons come from the record decoded on its own, as a dict (the
                 # same values: tests/unit/test_serde_columnar.py)
-                found = ev_mod.problems(self.decode(rec.value), now)
+                try:
+                    found = ev_mod.problems(self.decode(rec.value), now)
+                except DecodeError as exc:  # not expected: the batch decoder read it
+                    dead.append(DeadLetterOut(rec, "decode", exc.reason))
+                    continue
                 if found:
                     dead.append(DeadLetterOut(rec, "invalid", "; ".join(found)))
                     continue
