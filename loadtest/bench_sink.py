@@ -32,7 +32,6 @@ from streams.local import stack
 from streams.local.clickhouse import connect
 from streams.migrate import Migrator, Target
 from streams.serde import AvroCodec
-from streams.serde.codec import SINGLE_OBJECT_MAGIC
 from streams.serde.columnar import ColumnarDecoder
 from streams.settings import Settings
 from streams.sink.metrics import SinkMetrics
@@ -94,7 +93,7 @@ def raw_consume_columnar(settings: Settings, topic: str, n: int) -> float:
     decoder (streams/serde/columnar.py): the baseline of the decoder the sink now uses."""
     codec = AvroCodec("token_event")
     decoder = ColumnarDecoder(codec.current)
-    header = SINGLE_OBJECT_MAGIC + codec.current.fingerprint
+    header = decoder.message_header
     consumer = _from_the_start(settings, topic)
     seen = 0
     start = time.perf_counter()

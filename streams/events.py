@@ -106,9 +106,11 @@ def problems(event: Mapping[str, Any], now: int | None = None) -> list[str]:
     return found
 
 
-_CANONICAL_UUID: Final = re.compile(
+#: the 8-4-4-4-12 hex form of a UUID (what surely_valid accepts without parsing)
+CANONICAL_UUID_PATTERN: Final = (
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-).fullmatch
+)
+_CANONICAL_UUID: Final = re.compile(CANONICAL_UUID_PATTERN).fullmatch
 
 
 def surely_valid(e: Mapping[str, Any], max_time_ms: int) -> bool:

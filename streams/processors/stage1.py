@@ -32,7 +32,6 @@ from streams.processors.alerts import format_amount, make_alert, runaway_alert_i
 from streams.processors.budgets import Budget, BudgetMatcher
 from streams.processors.detectors import RunawayRules, SessionState, runaway_reasons
 from streams.processors.periods import MINUTE_MS, PeriodCache
-from streams.serde.codec import SINGLE_OBJECT_MAGIC
 from streams.serde.columnar import ColumnarDecoder
 
 ROLLUP_COUNTERS: Final = (
@@ -156,9 +155,8 @@ class PartitionAggregator:
     ) -> None:
         self.partition = partition
         self.decode = decode
-        #: decodes big batches as columns (serde/columnar.py); the current schema's header
+        #: decodes big batches as columns (serde/columnar.py)
         self.columnar = columnar
-        self._header = SINGLE_OBJECT_MAGIC + columnar.fingerprint if columnar is not None else b"\0"
         self.catalog = catalog
         self.budgets = budgets
         self.config = config or Stage1Config()
@@ -418,7 +416,7 @@ class PartitionAggregator:
         columnar = self.columnar
         if columnar is None or len(records) < COLUMNAR_MIN_BATCH:
             return self._decoded_one_by_one(records, range(len(records)))
-        header = self._header
+        header = columnar.message_header
         size = len(header)
         picked: list[int] = []
         bodies: list[bytes] = []
@@ -676,7 +674,9 @@ def _key_from_plain(raw: list[Any]) -> tuple[Any, ...]:
     return tuple(raw)
 
 
-#: the token event's fields in schema order: the shape of a decoded row in ``process``
+#: the token event's fields in schema order: the shape of a decoded row in ``process``, whose
+#: loop unpacks them by name in this order (so a literal, not read from the schema; the
+#: columnar test pins it equal to the schema's field order)
 EVENT_FIELDS: Final = (
     "event_id",
     "event_time",

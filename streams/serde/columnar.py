@@ -32,6 +32,7 @@ import polars as pl
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
+from streams.serde.codec import SINGLE_OBJECT_MAGIC
 from streams.serde.schemas import SchemaVersion, strip_logical_types
 
 _SYNC: Final = b"spendstream-sync"  # any 16 bytes; one block, so it is never searched for
@@ -197,7 +198,9 @@ class ColumnarDecoder:
         self._header = out.getvalue()
         self._layout = _Layout(schema["fields"])
         self.columns = tuple(self._layout.names)
-        self.fingerprint = version.fingerprint
+        #: what every message of this version starts with (single-object encoding): the part
+        #: the caller strips before handing the bodies to ``decode``
+        self.message_header = SINGLE_OBJECT_MAGIC + version.fingerprint
 
     def decode(self, bodies: Sequence[bytes]) -> pl.DataFrame | None:
         """One row per body, in order; None unless every body decodes to exactly one record."""

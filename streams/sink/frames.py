@@ -24,9 +24,6 @@ from streams.pricing import (
 )
 from streams.sink.rows import ARROW_SCHEMA, MS_PER_HOUR
 
-_CANONICAL_UUID: Final = (
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-)
 #: a value that Python's str.strip() cannot empty: it has a visible ASCII character (stricter
 #: than strip(), so a row that passes is surely valid; others go to events.problems())
 _VISIBLE: Final = r"[!-~]"
@@ -43,7 +40,7 @@ def surely_valid(max_time_ms: int) -> pl.Expr:
     ]
     return pl.all_horizontal(
         col("event_time").is_between(events.MIN_EVENT_TIME_MS, max_time_ms),
-        col("event_id").str.contains(_CANONICAL_UUID),
+        col("event_id").str.contains(f"^{events.CANONICAL_UUID_PATTERN}$"),
         *required,
         *optional,
         *tokens,

@@ -220,11 +220,14 @@ class Buffer:
         if self.started is None:
             self.started = time.monotonic()
         self.messages += 1
+        self._widen(partition, offset, offset)
+
+    def _widen(self, partition: int, low: int, high: int) -> None:
         span = self.ranges.get(partition)
         if span is None:
-            self.ranges[partition] = (offset, offset)
-        elif offset < span[0] or offset > span[1]:
-            self.ranges[partition] = (min(span[0], offset), max(span[1], offset))
+            self.ranges[partition] = (low, high)
+        elif low < span[0] or high > span[1]:
+            self.ranges[partition] = (min(span[0], low), max(span[1], high))
 
     def note_many(self, partitions: Sequence[int], offsets: Sequence[int]) -> None:
         """``note`` for a whole batch (per partition once, not per message)."""
@@ -237,11 +240,7 @@ class Buffer:
         offs = np.asarray(offsets, dtype=np.int64)
         for partition in np.unique(parts).tolist():
             chosen = offs[parts == partition]
-            low, high = int(chosen.min()), int(chosen.max())
-            span = self.ranges.get(partition)
-            if span is not None:
-                low, high = min(low, span[0]), max(high, span[1])
-            self.ranges[partition] = (low, high)
+            self._widen(partition, int(chosen.min()), int(chosen.max()))
 
     def dead_letter(self, partition: int, offset: int, kind: str, *, noted: bool = False) -> None:
         if not noted:

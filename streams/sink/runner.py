@@ -27,7 +27,6 @@ from streams.deadletter import DeadLetter
 from streams.errors import DecodeError, SinkError
 from streams.pricing import SOURCE_UNPRICED, PriceCatalog, default_catalog
 from streams.serde import AvroCodec
-from streams.serde.codec import SINGLE_OBJECT_MAGIC
 from streams.serde.columnar import ColumnarDecoder
 from streams.settings import Settings
 from streams.sink import frames
@@ -111,7 +110,6 @@ class Sink:
         self.topic = settings.topic_events
         self.codec = AvroCodec("token_event")
         self.columnar = ColumnarDecoder(self.codec.current)
-        self._header = SINGLE_OBJECT_MAGIC + self.codec.current.fingerprint
         self.catalog = catalog or default_catalog()
         self.pricer = frames.FramePricer(self.catalog)
         self.metrics = metrics or SinkMetrics()
@@ -178,7 +176,7 @@ class Sink:
     def _handle_batch(self, messages: list[Message], now_ms: int) -> None:
         """Messages in the current schema decode as one block of columns (serde/columnar.py);
         the rest, and every message of a block that does not decode exactly, one by one."""
-        header = self._header
+        header = self.columnar.message_header
         size = len(header)
         bodies: list[bytes] = []
         batch: list[Message] = []

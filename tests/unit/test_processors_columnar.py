@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import polars as pl
 
+from loadtest.bench_stage1 import Rec
 from loadtest.bench_worker import _budgets, budget_specs
 from streams.events import now_ms
 from streams.generate import Shape, generate_events
@@ -23,13 +23,6 @@ from streams.serde import AvroCodec
 from streams.serde.columnar import ColumnarDecoder
 
 CODEC = AvroCodec("token_event")
-
-
-@dataclasses.dataclass
-class Rec:
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 def _records(n: int) -> tuple[list[Rec], Shape]:
