@@ -36,7 +36,7 @@ from streams.serde.columnar import ColumnarDecoder
 from streams.settings import Settings
 from streams.sink.metrics import SinkMetrics
 from streams.sink.runner import Sink
-from streams.topics import TopicSpec, ensure_topics
+from streams.topics import TopicSpec, delete_topics_containing, ensure_topics
 
 
 def produce(settings: Settings, topic: str, n: int) -> None:
@@ -179,13 +179,16 @@ def main() -> None:
         sink_batch_rows=args.batch_rows or base.sink_batch_rows,
     )
     client = connect(settings)
-    Migrator(client, Target.from_settings(settings)).migrate()
-    produce(settings, topic, args.events)
-    raw_s = raw_consume_decode(settings, topic, args.events)
-    columnar_s = raw_consume_columnar(settings, topic, args.events)
-    total_s, steady_s, rows, timings = run_sink(settings, args.events)
-    client.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}`")
-    client.close()
+    try:
+        Migrator(client, Target.from_settings(settings)).migrate()
+        produce(settings, topic, args.events)
+        raw_s = raw_consume_decode(settings, topic, args.events)
+        columnar_s = raw_consume_columnar(settings, topic, args.events)
+        total_s, steady_s, rows, timings = run_sink(settings, args.events)
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}`")
+        client.close()
+        delete_topics_containing(base, topic)
     figures = {
         "events": args.events,
         "rows_inserted": rows,

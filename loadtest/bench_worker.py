@@ -41,7 +41,7 @@ from streams.events import now_ms, partition_key
 from streams.generate import Shape, generate_events
 from streams.serde import AvroCodec
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import delete_topics_containing, ensure_topics
 
 CODEC = AvroCodec("token_event")
 
@@ -376,6 +376,7 @@ def latency(base: Settings, partitions: int, rate: int, seconds: int) -> dict[st
     listener.join(5)
     proc.kill()
     proc.join(10)
+    delete_topics_containing(base, run)
     delays = sorted(received[k] - sent[k] for k in sent if k in received)
     missing = len(sent) - len(delays)
 
@@ -457,6 +458,7 @@ def main() -> None:
     print(json.dumps(report), file=sys.stderr, flush=True)  # kept if the latency phase fails
     if not args.skip_latency:
         report["latency"] = latency(base, args.partitions, args.rate, args.seconds)
+    delete_topics_containing(base, run)
     if args.json:
         print(json.dumps(report))
         return

@@ -417,6 +417,8 @@ class Worker:
         app = SpendApp(
             s.worker_id,
             store="memory://",
+            # faust's default is ./<id>-data in whatever directory the worker was started from
+            datadir=s.home / "worker" / s.worker_id,
             value_serializer="raw",
             key_serializer="raw",
             topic_partitions=parts,
