@@ -308,15 +308,9 @@ class PartitionAggregator:
             minute = t - t % MINUTE_MS
             if minute != cur_minute:
                 cur_minute = minute
-                ids = seen_by_minute.get(minute)  # type: ignore[assignment]
-                if ids is None:
-                    ids = seen_by_minute[minute] = []
-                window = windows.get(minute)  # type: ignore[assignment]
-                if window is None:
-                    window = windows[minute] = {}
-                accs = accs_by_minute.get(minute)  # type: ignore[assignment]
-                if accs is None:
-                    accs = accs_by_minute[minute] = {}
+                ids = seen_by_minute.setdefault(minute, [])
+                window = windows.setdefault(minute, {})
+                accs = accs_by_minute.setdefault(minute, {})
             ids.append(key64)
             if use_labels and labels:
                 key: tuple[Any, ...] = (
