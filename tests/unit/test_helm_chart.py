@@ -465,6 +465,7 @@ def test_sink_without_metrics_has_no_probe_or_service(helm: str) -> None:
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_pods_are_hardened(scenarios: dict[str, list[dict[str, Any]]], scenario: str) -> None:
+    workers = 0
     for doc, spec in pod_specs(scenarios[scenario]):
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["runAsUser"] != 0
@@ -480,8 +481,13 @@ def test_pods_are_hardened(scenarios: dict[str, list[dict[str, Any]]], scenario:
                 m["mountPath"] for m in container["volumeMounts"] if m["name"] in empty_dirs
             }
             assert "/tmp" in writable
-            # faust creates <worker id>-data in the working directory: it must be writable
             assert container["workingDir"] in writable, doc["metadata"]["name"]
+            # faust creates its data directory under SPENDSTREAM_HOME: it must be writable
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            if container.get("args", [])[:1] == ["worker"]:
+                workers += 1
+                assert env["SPENDSTREAM_HOME"] in writable, doc["metadata"]["name"]
+    assert workers == 1
 
 
 def test_pod_disruption_budgets_and_service_account(
