@@ -472,6 +472,8 @@ class Worker:
         return app
 
     def _prepare(self) -> None:
+        # faust creates its data directory, but not the folders above it
+        self.app.conf.datadir.parent.mkdir(parents=True, exist_ok=True)
         ensure_topics(self.settings, worker_topics(self.settings))
         if isinstance(self.budgets, BudgetView):
             self.budgets.start()
