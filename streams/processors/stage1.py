@@ -24,6 +24,7 @@ from typing import Any, Final, Protocol
 
 import polars as pl
 import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from streams import events as ev_mod
 from streams.errors import DecodeError
@@ -60,10 +61,13 @@ KEY_FIELDS: Final = (
 _MASK63: Final = 0x7FFF_FFFF_FFFF_FFFF
 _HALF_M: Final = 500_000
 _MIN_T: Final = ev_mod.MIN_EVENT_TIME_MS
-#: per scope key and minute: the accumulators it adds to and its model's price entries
-_Targets = tuple[tuple[list[Any], ...], Sequence[PriceEntry]]
+#: per scope key and minute: the pending sum it adds to and its model's price entries
+_Targets = tuple[list[Any], Sequence[PriceEntry]]
 #: the same plus the key's rollup row in the minute's open window
-_KeyInfo = tuple[tuple[list[Any], ...], Sequence[PriceEntry], list[int]]
+_KeyInfo = tuple[list[Any], Sequence[PriceEntry], list[int]]
+#: a pending sum: [cost, tokens, requests, last event id, its time, its offset, accumulators]
+_PENDING_ACCS: Final = 6
+_by_last_event: Final = operator.itemgetter(4, 5)
 
 
 class Record(Protocol):
@@ -176,8 +180,10 @@ class PartitionAggregator:
         # per minute: scope key -> (accumulators it adds to, price entries of its model, row
         # in windows[minute]); dropped with the window's rows when they are published
         self._accs: dict[int, dict[tuple[Any, ...], _KeyInfo]] = {}
-        # per minute: id(matched budgets) -> (matched budgets, their accumulators)
-        self._budget_accs: dict[int, dict[int, tuple[Any, tuple[list[Any], ...]]]] = {}
+        # per minute: (org, id(matched budgets)) -> (matched budgets, pending sum). An event
+        # adds to one pending sum, not to each of its 4-8 accumulators; ``_fold`` adds the
+        # pending sums to the accumulators at the end of every batch
+        self._budget_accs: dict[int, dict[tuple[str, int], tuple[Any, list[Any]]]] = {}
         # budget_id -> (first counted minute, period cache), rebuilt with the matcher
         self._budget_info: dict[str, tuple[int, PeriodCache]] = {}
         self.sessions: dict[str, SessionState] = {}
@@ -222,6 +228,7 @@ class PartitionAggregator:
         window: dict[tuple[Any, ...], list[int]] = {}
         accs: dict[tuple[Any, ...], _KeyInfo] = {}
         ids: list[int] = []
+        touched: list[list[Any]] = []  # pending sums added to in this batch
         alerts = out.alerts
         columns = self._columns(records, use_labels)
         for (
@@ -248,6 +255,7 @@ class PartitionAggregator:
             reported,
             status,
             labels,
+            scope,
         ) in zip(records, *columns, strict=True):
             offset = rec.offset
             if offset <= applied:
@@ -312,26 +320,26 @@ class PartitionAggregator:
                 window = windows.setdefault(minute, {})
                 accs = accs_by_minute.setdefault(minute, {})
             ids.append(key64)
-            if use_labels and labels:
-                key: tuple[Any, ...] = (
-                    org,
-                    team,
-                    user,
-                    project,
-                    model,
-                    client,
-                    task,
-                    provider,
-                    labels,
-                )
-            else:
-                key = (org, team, user, project, model, client, task, provider)
-            info = accs.get(key)
+            info = accs.get(scope)
             if info is None:
+                if use_labels and labels:
+                    key: tuple[Any, ...] = (
+                        org,
+                        team,
+                        user,
+                        project,
+                        model,
+                        client,
+                        task,
+                        provider,
+                        labels,
+                    )
+                else:
+                    key = (org, team, user, project, model, client, task, provider)
                 row = window.get(key)
                 if row is None:
                     row = window[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-                info = accs[key] = (*targets_of(key, minute), row)
+                info = accs[scope] = (*targets_of(key, minute), row)
             else:
                 row = info[2]
             prompt = i_tok + cr + cw5 + cw1
@@ -370,14 +378,16 @@ class PartitionAggregator:
             row[7] += out_tok
             row[8] += reas
             row[9] += cost
-            tokens = prompt + out_tok
-            for acc in info[0]:
-                acc[0] += cost
-                acc[1] += tokens
-                acc[2] += 1
-                if t >= acc[4]:
-                    acc[3] = eid
-                    acc[4] = t
+            pending = info[0]
+            if not pending[2]:
+                touched.append(pending)
+            pending[0] += cost
+            pending[1] += prompt + out_tok
+            pending[2] += 1
+            if t >= pending[4]:
+                pending[3] = eid
+                pending[4] = t
+                pending[5] = offset
             counted += 1
             if session is not None:
                 state = sessions.get(session)
@@ -399,6 +409,7 @@ class PartitionAggregator:
         out.counted = counted
         self.watermark = wm
         self.applied = last_offset
+        _fold(touched)
         self._emit_partials(out)
         self._expire(out)
         return out
@@ -428,6 +439,7 @@ class PartitionAggregator:
             else _labels(frame.get_column(name), use_labels)
             for name in EVENT_FIELDS
         ]
+        columns.append(_scope_strings(frame, use_labels) or _scope_tuples(columns, use_labels))
         if len(picked) == len(records):
             return columns
         # a few records in another framing or version: merge them in by position
@@ -452,8 +464,11 @@ class PartitionAggregator:
             except DecodeError as exc:
                 rows.append((None, exc.reason, *_NOTHING))
         if not rows:
-            return [[] for _ in EVENT_FIELDS]
-        return list(zip(*rows, strict=True))
+            return [[] for _ in range(len(EVENT_FIELDS) + 1)]
+        columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
+        labelled = self._matcher is not None and self._matcher.uses_labels()
+        columns.append(_scope_tuples(columns, labelled))
+        return columns
 
     def _period_cache(self, budget: Budget) -> PeriodCache:
         key = (budget.period, budget.timezone, budget.window_ms)
@@ -463,24 +478,27 @@ class PartitionAggregator:
         return cache
 
     def _targets(self, key: tuple[Any, ...], minute: int) -> _Targets:
-        """Accumulators an event with scope ``key`` in ``minute`` adds to (org + budgets), and
-        the price entries of its (provider, model), newest first."""
-        okey = (key[0], minute)
-        org_acc = self.org_minutes.get(okey)
-        if org_acc is None:
-            org_acc = self.org_minutes[okey] = [0, 0, 0, None, 0, minute + MINUTE_MS, 0]
+        """The pending sum an event with scope ``key`` in ``minute`` adds to (for its org's
+        and its budgets' accumulators), and the price entries of its (provider, model), newest
+        first."""
         labels = dict(key[8]) if len(key) > 8 else None
         matcher = self._matcher or self.budgets.matcher
         matched = matcher.match_signature(key[:7], labels)
-        # many scope keys match the same budgets: their accumulators are found once a minute
+        # many scope keys of an org match the same budgets: they share one pending sum a minute
         by_matched = self._budget_accs.get(minute)
         if by_matched is None:
             by_matched = self._budget_accs[minute] = {}
-        cached = by_matched.get(id(matched))
+        org = key[0]
+        cached = by_matched.get((org, id(matched)))
         if cached is None or cached[0] is not matched:
-            cached = by_matched[id(matched)] = (matched, self._budget_targets(matched, minute))
+            okey = (org, minute)
+            org_acc = self.org_minutes.get(okey)
+            if org_acc is None:
+                org_acc = self.org_minutes[okey] = [0, 0, 0, None, 0, minute + MINUTE_MS, 0]
+            accs = (org_acc, *self._budget_targets(matched, minute))
+            cached = by_matched[(org, id(matched))] = (matched, [0, 0, 0, None, -1, -1, accs])
         prices = self.catalog._resolve(key[7], key[4])
-        return (org_acc, *cached[1]), prices
+        return cached[1], prices
 
     def _budget_targets(self, matched: Sequence[Budget], minute: int) -> tuple[list[Any], ...]:
         found: list[list[Any]] = []
@@ -662,6 +680,26 @@ class PartitionAggregator:
         self._budget_accs = {}
 
 
+def _fold(touched: list[list[Any]]) -> None:
+    """Add each pending sum to its accumulators and empty it. An accumulator keeps the id and
+    time of its latest event (the last one counted among equal times): folding in the order of
+    each pending sum's latest (time, offset) gives what adding event by event gives."""
+    if len(touched) > 1:
+        touched.sort(key=_by_last_event)
+    for pending in touched:
+        cost, tokens, requests, eid, t = pending[0], pending[1], pending[2], pending[3], pending[4]
+        for acc in pending[_PENDING_ACCS]:
+            acc[0] += cost
+            acc[1] += tokens
+            acc[2] += requests
+            if t >= acc[4]:
+                acc[3] = eid
+                acc[4] = t
+        pending[0] = pending[1] = pending[2] = 0
+        pending[3] = None
+        pending[4] = pending[5] = -1
+
+
 def _key_from_plain(raw: list[Any]) -> tuple[Any, ...]:
     if len(raw) > 8:
         return (*raw[:8], tuple(tuple(p) for p in raw[8]))
@@ -702,6 +740,54 @@ _as_row: Final = operator.itemgetter(*EVENT_FIELDS)
 #: labels in a scope key: (name, value) pairs sorted by name
 LabelKey = tuple[tuple[str, str], ...]
 _NOTHING: Final = (None,) * (len(EVENT_FIELDS) - 2)
+
+
+#: where the scope key's fields are in a decoded row
+_KEY_AT: Final = tuple(EVENT_FIELDS.index(name) for name in KEY_FIELDS)
+_LABELS_AT: Final = EVENT_FIELDS.index("labels")
+_SEP: Final = "\x1f"
+
+
+def _scope_tuples(columns: Sequence[Sequence[Any]], use_labels: bool) -> list[tuple[Any, ...]]:
+    """Each row's scope key as the tuple the rollup windows are keyed by."""
+    parts = [columns[i] for i in _KEY_AT]
+    if not use_labels:
+        return list(zip(*parts, strict=True))
+    return [
+        (*key, labels) if labels else key
+        for key, labels in zip(zip(*parts, strict=True), columns[_LABELS_AT], strict=True)
+    ]
+
+
+def _scope_strings(frame: pl.DataFrame, use_labels: bool) -> list[str] | None:
+    """Each row's scope key as one string, the fields joined by a separator: one new string
+    to hash and compare per event instead of eight (~0.8 us less per event, for ~0.3 us of
+    polars work). A row's string determines its tuple key (``_scope_tuples``) only while no
+    field holds the separator, so a batch where one does gets None (and tuples instead). A
+    null project is joined as "", which a valid event never has."""
+    fields = [pl.col(name) for name in KEY_FIELDS]
+    if use_labels:
+        lists = frame.get_column("labels").to_arrow()
+        if isinstance(lists, pa.ChunkedArray):
+            lists = lists.combine_chunks()
+        entries = lists.values
+        names, values = entries.field("key"), entries.field("value")
+        if (
+            pc.any(pc.match_substring_regex(names, "[\x1d-\x1f]")).as_py()
+            or pc.any(pc.match_substring_regex(values, "[\x1d-\x1f]")).as_py()
+        ):
+            return None
+        pairs = pc.binary_join_element_wise(names, values, pa.scalar("\x1d", names.type))
+        joined = pc.binary_join(
+            pa.ListArray.from_arrays(lists.offsets, pairs), pa.scalar("\x1e", names.type)
+        )
+        fields.append(pl.lit(pl.from_arrow(joined)))
+    keys = frame.select(
+        pl.concat_str([f.fill_null("") for f in fields], separator=_SEP).alias("k")
+    ).get_column("k")
+    if (keys.str.count_matches(_SEP, literal=True) != len(fields) - 1).any():
+        return None
+    return keys.to_list()
 
 
 def _labels(column: pl.Series, wanted: bool) -> list[LabelKey | None]:
