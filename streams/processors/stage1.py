@@ -61,10 +61,13 @@ KEY_FIELDS: Final = (
 _MASK63: Final = 0x7FFF_FFFF_FFFF_FFFF
 _HALF_M: Final = 500_000
 _MIN_T: Final = ev_mod.MIN_EVENT_TIME_MS
-#: per scope key and minute: the pending sum it adds to and its model's price entries
-_Targets = tuple[list[Any], Sequence[PriceEntry]]
+#: per scope key and minute: the pending sum it adds to, its model's price entries, and the
+#: rates (input, cache read, cache write 5m and 1h, output, reasoning) when one untiered
+#: entry prices the whole minute
+_Rates = tuple[int, int, int, int, int, int]
+_Targets = tuple[list[Any], Sequence[PriceEntry], _Rates | None]
 #: the same plus the key's rollup row in the minute's open window
-_KeyInfo = tuple[list[Any], Sequence[PriceEntry], list[int]]
+_KeyInfo = tuple[list[Any], Sequence[PriceEntry], _Rates | None, list[int]]
 #: a pending sum: [cost, tokens, requests, last event id, its time, its offset, accumulators]
 _PENDING_ACCS: Final = 6
 _by_last_event: Final = operator.itemgetter(4, 5)
@@ -222,7 +225,13 @@ class PartitionAggregator:
         max_turns = rules.max_turns or 1 << 62
         min_context = rules.growth_min_context if rules.growth_turns else 1 << 62
         dead = out.dead
-        last_offset = applied
+        if records and records[0].offset <= applied:  # a replay after a restore
+            skip = 0
+            while skip < len(records) and records[skip].offset <= applied:
+                skip += 1
+            out.skipped = skip
+            records = records[skip:]
+        last_offset = records[-1].offset if records else applied
         counted = 0
         cur_minute = -1
         window: dict[tuple[Any, ...], list[int]] = {}
@@ -257,11 +266,6 @@ class PartitionAggregator:
             labels,
             scope,
         ) in zip(records, *columns, strict=True):
-            offset = rec.offset
-            if offset <= applied:
-                out.skipped += 1
-                continue
-            last_offset = offset
             if eid is None:  # not decodable: ``t`` holds the reason
                 dead.append(DeadLetterOut(rec, "decode", t))
                 continue
@@ -341,9 +345,22 @@ class PartitionAggregator:
                     row = window[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
                 info = accs[scope] = (*targets_of(key, minute), row)
             else:
-                row = info[2]
+                row = info[3]
             prompt = i_tok + cr + cw5 + cw1
-            if reported is None:
+            if reported is not None:
+                cost = reported
+            elif (rates := info[2]) is not None:
+                # streams.pricing.cost_nanos inlined (pinned equal by a unit test)
+                cost = (
+                    i_tok * rates[0]
+                    + cr * rates[1]
+                    + cw5 * rates[2]
+                    + cw1 * rates[3]
+                    + (out_tok - reas) * rates[4]
+                    + reas * rates[5]
+                    + _HALF_M
+                ) // 1_000_000
+            else:
                 for entry in info[1]:
                     if entry.effective_from_ms <= t:
                         break
@@ -352,19 +369,16 @@ class PartitionAggregator:
                 if entry is None:
                     cost = -1
                 else:
-                    rates = entry.rates_for(prompt)[0] if entry.tiers else entry.rates
-                    # streams.pricing.cost_nanos inlined (pinned equal by a unit test)
+                    priced = entry.rates_for(prompt)[0] if entry.tiers else entry.rates
                     cost = (
-                        i_tok * rates.input
-                        + cr * rates.cache_read
-                        + cw5 * rates.cache_write_5m
-                        + cw1 * rates.cache_write_1h
-                        + (out_tok - reas) * rates.output
-                        + reas * rates.reasoning
+                        i_tok * priced.input
+                        + cr * priced.cache_read
+                        + cw5 * priced.cache_write_5m
+                        + cw1 * priced.cache_write_1h
+                        + (out_tok - reas) * priced.output
+                        + reas * priced.reasoning
                         + _HALF_M
                     ) // 1_000_000
-            else:
-                cost = reported
             row[0] += 1
             if status != "ok":
                 row[1] += 1
@@ -387,7 +401,7 @@ class PartitionAggregator:
             if t >= pending[4]:
                 pending[3] = eid
                 pending[4] = t
-                pending[5] = offset
+                pending[5] = counted
             counted += 1
             if session is not None:
                 state = sessions.get(session)
@@ -498,7 +512,18 @@ class PartitionAggregator:
             accs = (org_acc, *self._budget_targets(matched, minute))
             cached = by_matched[(org, id(matched))] = (matched, [0, 0, 0, None, -1, -1, accs])
         prices = self.catalog._resolve(key[7], key[4])
-        return cached[1], prices
+        fixed: _Rates | None = None
+        if prices and prices[0].effective_from_ms <= minute and not prices[0].tiers:
+            r = prices[0].rates
+            fixed = (
+                r.input,
+                r.cache_read,
+                r.cache_write_5m,
+                r.cache_write_1h,
+                r.output,
+                r.reasoning,
+            )
+        return cached[1], prices, fixed
 
     def _budget_targets(self, matched: Sequence[Budget], minute: int) -> tuple[list[Any], ...]:
         found: list[list[Any]] = []

@@ -331,3 +331,29 @@ def test_rolling_budget_created_mid_window_starts_from_its_window_and_slides() -
     restored.restore(totals.snapshot())
     assert restored.spent(budget, late - late % MIN)[0] == 2_000
     assert restored.baselines_needed(m for _, m in msgs) == []
+
+
+def test_prices_change_at_their_effective_minute() -> None:
+    """A minute's untiered rates are looked up once; the minute a new price takes effect
+    (a date, so a minute boundary) gets the new rates, the minute before the old ones."""
+    ga = 1_750_118_400_000  # gemini-2.5-flash: $0.15/M input before 2025-06-17, $0.30 from it
+    events = [
+        event(
+            provider="gcp.gemini",
+            model="gemini-2.5-flash",
+            event_time=ga + delta,
+            cost_nanos=None,
+            input_tokens=10**6,
+            output_tokens=0,
+        )
+        for delta in (-MIN, -1, 0, MIN - 1)
+    ]
+    agg = aggregator([], now=ga + MIN)
+    out = agg.process(records(events))
+    assert out.counted == 4
+    costs = {minute: sum(row[9] for row in rows.values()) for minute, rows in agg.windows.items()}
+    for closed in out.rollups:  # the minute before is closed by the later events
+        costs[closed["window_start"]] += closed["cost_nanos"]
+    assert costs == {ga - MIN: 300_000_000, ga: 600_000_000}
+    catalog = default_catalog()
+    assert sum(costs.values()) == sum(catalog.price(e).cost_nanos for e in events)
