@@ -8,6 +8,7 @@ A budget's scope is a conjunction: every scope field that is set must equal the 
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -347,6 +348,9 @@ class BudgetMatcher:
             if any(getattr(b, name) is not None for b in self.budgets)
         )
         self._label_names = tuple(sorted({k for b in self.budgets for k in b.labels}))
+        # a whole signature's used fields in one C call (itemgetter of one index gives a
+        # value, not a tuple: then the general path)
+        self._pick = operator.itemgetter(*self._used) if len(self._used) > 1 else None
 
     def __len__(self) -> int:
         return len(self.budgets)
@@ -358,11 +362,13 @@ class BudgetMatcher:
         self, signature: tuple[Any, ...], labels: Mapping[str, str] | None = None
     ) -> tuple[Budget, ...]:
         """``signature`` = values of SIGNATURE_FIELDS (+ a frozen label tuple when labelled)."""
-        size = len(signature)
-        key = tuple(signature[i] if i < size else None for i in self._used)
+        if self._pick is not None and len(signature) == len(SIGNATURE_FIELDS):
+            key: tuple[Any, ...] = self._pick(signature)
+        else:
+            size = len(signature)
+            key = tuple(signature[i] if i < size else None for i in self._used)
         if self._label_names:
-            have = labels or {}
-            key += tuple(have.get(name) for name in self._label_names)
+            key = (*key, *map((labels or {}).get, self._label_names))
         found = self._cache.get(key)
         if found is None:
             event = dict(zip(SIGNATURE_FIELDS, signature, strict=False))
