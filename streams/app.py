@@ -47,6 +47,7 @@ from confluent_kafka import (
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
+from faust.utils.functional import consecutive_numbers
 
 from streams import fetch
 from streams.budgets import BudgetView, StaticBudgets, budget_topics
@@ -147,6 +148,45 @@ class BatchConsumer(aiokafka_driver.Consumer):
 
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """faust's ``Consumer._new_offset``, same result, without Python work per offset.
+
+        faust expands the gaps (here every offset of a batch but the last) into the acked
+        offsets, then finds their first run of consecutive numbers with a Python lambda per
+        offset: ~0.25 us per event at each commit. When all of them are one run, the usual
+        case, one list comparison in C finds it; otherwise faust's own steps run. The unit test
+        tests/unit/test_faust_internals.py compares both on many cases.
+        """
+        acked = self._acked[tp]
+        if not acked:
+            return None
+        max_offset = max(acked)
+        gap_for_tp = self._gap[tp]
+        if gap_for_tp:  # as faust does
+            candidates = sorted(gap_for_tp.overlap(0, max_offset), key=lambda x: x.begin)
+            if candidates:
+                stuff_to_add: list[int] = []
+                for entry in candidates:
+                    stuff_to_add.extend(range(entry.begin, entry.end))
+                new_max_offset = max(stuff_to_add[-1], max_offset + 1)
+                acked.extend(stuff_to_add)
+                gap_for_tp.chop(0, new_max_offset)
+        acked.sort()
+        committed_offset = self._committed_offset[tp]
+        if committed_offset and acked[0] - committed_offset > 1:
+            return None
+        first, size = acked[0], len(acked)
+        if acked[-1] - first == size - 1 and acked == list(range(first, first + size)):
+            last = acked[-1]
+            acked.clear()
+        else:
+            run = next(consecutive_numbers(acked))
+            last = run[-1]
+            del acked[: len(run)]
+        index = self._acked_index[tp]
+        index.difference_update([o for o in index if first <= o <= last])
+        return last + 1
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Seek to the committed offsets, and batch partitions WITHOUT one to their start.

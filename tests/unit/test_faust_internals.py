@@ -209,3 +209,51 @@ def test_fetch_wait_is_shortened_where_aiokafka_reads_it() -> None:
 
     consumer = asyncio.run(build())
     assert consumer._fetch_max_wait_ms == 1500, _explain("AIOKafkaConsumer._fetch_max_wait_ms")
+
+
+def test_new_offset_override_equals_fausts() -> None:
+    """BatchConsumer._new_offset (no Python work per offset) against faust's own, on random
+    acks, gaps, duplicates and committed offsets: same results, same bookkeeping after."""
+    import random
+
+    source = inspect.getsource(consumer_mod.Consumer._new_offset)
+    for needle in (
+        "candidates = gap_for_tp.overlap(0, max_offset)",
+        "stuff_to_add.extend(range(entry.begin, entry.end))",
+        "new_max_offset = max(stuff_to_add[-1], max_offset + 1)",
+        "gap_for_tp.chop(0, new_max_offset)",
+        "if min(acked) - committed_offset > 1:",
+        "batch = next(consecutive_numbers(acked))",
+        "self._acked_index[tp].difference_update(batch)",
+        "return batch[-1] + 1",
+    ):
+        assert needle in source, _explain(f"Consumer._new_offset lost {needle!r}")
+    rng = random.Random(7)
+    tp = TP("t", 0)
+    for case in range(400):
+        committed = rng.choice([None, 0, 5, 40])
+        theirs, ours = _FakeConsumer(committed), _FakeConsumer(committed)
+        start = (committed or 0) + rng.choice([0, 1, 1, 1, 3])
+        offset = start
+        for _ in range(rng.randint(1, 6)):
+            size = rng.randint(1, 30)
+            last = offset + size - 1
+            acks = [last]
+            if size > 1 and rng.random() < 0.2:  # acked out of order, the last not yet
+                acks = rng.sample(range(offset, last + 1), 2)
+            gap = size > 1 and rng.random() < 0.9
+            for fake in (theirs, ours):
+                if gap:
+                    fake._gap[tp].addi(offset, last)
+                    fake._gap[tp].merge_overlaps()
+                for a in acks + ([last] if case % 5 == 0 else []):  # some duplicates
+                    fake._acked[tp].append(a)
+                    fake._acked_index[tp].add(a)
+            offset = last + 1 + rng.choice([0, 0, 0, 2])
+        for _ in range(3):
+            expected = consumer_mod.Consumer._new_offset(theirs, tp)  # type: ignore[arg-type]
+            got = app_mod.BatchConsumer._new_offset(ours, tp)  # type: ignore[arg-type]
+            assert got == expected, f"case {case}"
+            assert ours._acked[tp] == theirs._acked[tp], f"case {case}"
+            assert ours._acked_index[tp] == theirs._acked_index[tp], f"case {case}"
+            assert ours._gap[tp] == theirs._gap[tp], f"case {case}"
