@@ -190,6 +190,7 @@ def run_fast_worker(
                         "dead": stats["dead"],
                         "duplicates": stats["duplicates"],
                         "alerts": stats["alerts"],
+                        "peak_rss_mb": _peak_rss_mb(),
                     }
                 )
                 _exit_after(result)
@@ -252,6 +253,16 @@ def run_baseline(settings: Settings, total: int, result: Any) -> None:
     worker.execute_from_commandline()
 
 
+def _peak_rss_mb() -> int:
+    """This process's peak RSS (VmHWM: since its exec, unlike ru_maxrss, which also counts
+    the parent's memory copied at the fork before it)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    return -1
+
+
 def _exit_after(queue: Any) -> None:
     """Leave the child at once, but only after the queued result has been written."""
     queue.close()
@@ -277,6 +288,13 @@ def child(target: Any, *args: Any, timeout: float) -> dict[str, Any]:
 
 def latency(base: Settings, partitions: int, rate: int, seconds: int) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
+    try:
+        return _latency(base, run, partitions, rate, seconds)
+    finally:
+        delete_topics_containing(base, run)
+
+
+def _latency(base: Settings, run: str, partitions: int, rate: int, seconds: int) -> dict[str, Any]:
     settings = bench_settings(base, run, partitions)
     from streams.app import worker_topics
 
@@ -376,7 +394,6 @@ def latency(base: Settings, partitions: int, rate: int, seconds: int) -> dict[st
     listener.join(5)
     proc.kill()
     proc.join(10)
-    delete_topics_containing(base, run)
     delays = sorted(received[k] - sent[k] for k in sent if k in received)
     missing = len(sent) - len(delays)
 
@@ -424,7 +441,6 @@ def main() -> None:
     settings = bench_settings(base, run, args.partitions)
     from streams.app import worker_topics
 
-    ensure_topics(settings, worker_topics(settings))
     # as dense in event time as traffic at 100k events/s
     span = max(1, args.events // 100)
     shape = Shape(span_ms=span, start_ms=now_ms() - span)
@@ -432,10 +448,14 @@ def main() -> None:
         generate_events(args.events, seed=42, shape=shape), key=lambda e: e["event_time"]
     )
     messages = [(partition_key(e), CODEC.encode(e)) for e in events]
-    produce_s = produce(settings, messages)
     specs = budget_specs(shape)
-    fast = child(run_fast_worker, settings, specs, args.events, timeout=900)
-    baseline = child(run_baseline, settings, args.baseline_events, timeout=900)
+    try:
+        ensure_topics(settings, worker_topics(settings))
+        produce_s = produce(settings, messages)
+        fast = child(run_fast_worker, settings, specs, args.events, timeout=900)
+        baseline = child(run_baseline, settings, args.baseline_events, timeout=900)
+    finally:  # the run's topics, whatever happened (they pile up on the broker otherwise)
+        delete_topics_containing(base, run)
     report: dict[str, Any] = {
         "events": args.events,
         "partitions": args.partitions,
@@ -458,7 +478,6 @@ def main() -> None:
     print(json.dumps(report), file=sys.stderr, flush=True)  # kept if the latency phase fails
     if not args.skip_latency:
         report["latency"] = latency(base, args.partitions, args.rate, args.seconds)
-    delete_topics_containing(base, run)
     if args.json:
         print(json.dumps(report))
         return
@@ -467,7 +486,8 @@ def main() -> None:
         f"\nworker: {report['fast']['rate_wall']:,} events/s wall "
         f"({report['fast']['rate_cpu']:,}/CPU-s) vs baseline {report['baseline']['rate_wall']:,}"
         f" events/s wall ({report['baseline']['rate_cpu']:,}/CPU-s): "
-        f"x{report['ratio_wall']} wall, x{report['ratio_cpu']} CPU"
+        f"x{report['ratio_wall']} wall, x{report['ratio_cpu']} CPU; worker peak RSS "
+        f"{report['fast']['peak_rss_mb']} MB"
     )
     if "latency" in report:
         lat = report["latency"]

@@ -184,6 +184,7 @@ SPENDSTREAM_TOPIC_ROLLUPS: {{ $v.topics.rollups | quote }}
 SPENDSTREAM_WORKER_ID: {{ $v.worker.id | quote }}
 SPENDSTREAM_ALLOWED_LATENESS_S: {{ $v.worker.allowedLatenessSeconds | int64 | quote }}
 SPENDSTREAM_WORKER_FLUSH_SECONDS: {{ $v.worker.flushSeconds | toString | quote }}
+SPENDSTREAM_WORKER_FETCH_MIB: {{ $v.worker.fetchMiB | int64 | quote }}
 SPENDSTREAM_SINK_GROUP: {{ $v.sink.group | quote }}
 SPENDSTREAM_SINK_BATCH_ROWS: {{ $v.sink.batchRows | int64 | quote }}
 SPENDSTREAM_SINK_FLUSH_SECONDS: {{ $v.sink.flushSeconds | toString | quote }}
