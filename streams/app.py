@@ -36,6 +36,7 @@ from typing import Any, ClassVar, cast
 import click
 import faust
 import msgspec
+import numpy as np
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -47,7 +48,6 @@ from confluent_kafka import (
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
-from faust.utils.functional import consecutive_numbers
 
 from streams import fetch
 from streams.budgets import BudgetView, StaticBudgets, budget_topics
@@ -154,9 +154,10 @@ class BatchConsumer(aiokafka_driver.Consumer):
 
         faust expands the gaps (here every offset of a batch but the last) into the acked
         offsets, then finds their first run of consecutive numbers with a Python lambda per
-        offset: ~0.25 us per event at each commit. When all of them are one run, the usual
-        case, one list comparison in C finds it; otherwise faust's own steps run. The unit test
-        tests/unit/test_faust_internals.py compares both on many cases.
+        offset: ~0.25 us per event at each commit. Here one list comparison in C finds it when
+        all of them are one run, else numpy (faust's gap also holds the acked offset, so
+        duplicates are common). tests/unit/test_faust_internals.py compares both on many
+        cases.
         """
         acked = self._acked[tp]
         if not acked:
@@ -180,10 +181,11 @@ class BatchConsumer(aiokafka_driver.Consumer):
         if acked[-1] - first == size - 1 and acked == list(range(first, first + size)):
             last = acked[-1]
             acked.clear()
-        else:
-            run = next(consecutive_numbers(acked))
-            last = run[-1]
-            del acked[: len(run)]
+        else:  # faust's first run of consecutive numbers (it ends at a gap or a duplicate)
+            breaks = np.flatnonzero(np.diff(np.array(acked, dtype=np.int64)) != 1)
+            run = int(breaks[0]) + 1 if breaks.size else size
+            last = acked[run - 1]
+            del acked[:run]
         index = self._acked_index[tp]
         index.difference_update([o for o in index if first <= o <= last])
         return last + 1
@@ -478,7 +480,7 @@ class Worker:
             producer_max_request_size=4 * 1024 * 1024,
             # bigger fetches, bigger batches: per-batch work (stage 2's partials, polars calls)
             # is shared by more events. 1/4/8 MiB: 103k/115k/127k events/s catching up, peak
-            # RSS 525/722/831 MB (6 partitions, loadtest/bench_worker.py)
+            # RSS 525/722/831 MB (6 partitions, loadtest/bench_worker.py, one run each)
             consumer_max_fetch_size=s.worker_fetch_mib * 1024 * 1024,
             producer_acks=-1,
             table_cleanup_interval=3600.0,

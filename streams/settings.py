@@ -213,7 +213,7 @@ class Settings:
         "WORKER_FLUSH_SECONDS", _positive_float, 1.0, "worker: state checkpoint interval"
     )
     worker_fetch_mib: int = _field(
-        "WORKER_FETCH_MIB", _positive_int, 4, "worker: most MiB one fetch takes per partition"
+        "WORKER_FETCH_MIB", _positive_int, 8, "worker: most MiB one fetch takes per partition"
     )
     replication_factor: int = _field(
         "REPLICATION_FACTOR", _positive_int, 1, "replicas of topics the worker creates"

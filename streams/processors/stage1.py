@@ -264,6 +264,7 @@ class PartitionAggregator:
             reported,
             status,
             labels,
+            label_value,
             scope,
         ) in zip(records, *columns, strict=True):
             if eid is None:  # not decodable: ``t`` holds the reason
@@ -326,6 +327,8 @@ class PartitionAggregator:
             ids.append(key64)
             info = accs.get(scope)
             if info is None:
+                if label_value is not None:  # one label: its name and value, apart
+                    labels = ((labels, label_value),)
                 if use_labels and labels:
                     key: tuple[Any, ...] = (
                         org,
@@ -447,12 +450,11 @@ class PartitionAggregator:
         frame = columnar.decode(bodies) if len(bodies) >= COLUMNAR_MIN_BATCH else None
         if frame is None:
             return self._decoded_one_by_one(records, range(len(records)))
+        names, values = _label_columns(frame.get_column("labels"), use_labels)
         columns = [
-            frame.get_column(name).to_list()
-            if name != "labels"
-            else _labels(frame.get_column(name), use_labels)
-            for name in EVENT_FIELDS
+            frame.get_column(name).to_list() if name != "labels" else names for name in EVENT_FIELDS
         ]
+        columns.append(values)
         columns.append(_scope_strings(frame, use_labels) or _scope_tuples(columns, use_labels))
         if len(picked) == len(records):
             return columns
@@ -474,11 +476,11 @@ class PartitionAggregator:
         for index in indices:
             try:
                 row = _as_row(decode(records[index].value))
-                rows.append((*row[:-1], label_key(row[-1])))
+                rows.append((*row[:-1], label_key(row[-1]), None))
             except DecodeError as exc:
                 rows.append((None, exc.reason, *_NOTHING))
         if not rows:
-            return [[] for _ in range(len(EVENT_FIELDS) + 1)]
+            return [[] for _ in range(len(EVENT_FIELDS) + 2)]
         columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
         labelled = self._matcher is not None and self._matcher.uses_labels()
         columns.append(_scope_tuples(columns, labelled))
@@ -764,12 +766,14 @@ COLUMNAR_MIN_BATCH: Final = 256
 _as_row: Final = operator.itemgetter(*EVENT_FIELDS)
 #: labels in a scope key: (name, value) pairs sorted by name
 LabelKey = tuple[tuple[str, str], ...]
-_NOTHING: Final = (None,) * (len(EVENT_FIELDS) - 2)
+_NOTHING: Final = (None,) * (len(EVENT_FIELDS) - 1)
 
 
 #: where the scope key's fields are in a decoded row
 _KEY_AT: Final = tuple(EVENT_FIELDS.index(name) for name in KEY_FIELDS)
 _LABELS_AT: Final = EVENT_FIELDS.index("labels")
+#: the column after the event fields: see ``_label_columns``
+_LABEL_VALUE_AT: Final = len(EVENT_FIELDS)
 _SEP: Final = "\x1f"
 
 
@@ -778,9 +782,13 @@ def _scope_tuples(columns: Sequence[Sequence[Any]], use_labels: bool) -> list[tu
     parts = [columns[i] for i in _KEY_AT]
     if not use_labels:
         return list(zip(*parts, strict=True))
+    labels = (
+        ((name, value),) if value is not None else name
+        for name, value in zip(columns[_LABELS_AT], columns[_LABEL_VALUE_AT], strict=True)
+    )
     return [
-        (*key, labels) if labels else key
-        for key, labels in zip(zip(*parts, strict=True), columns[_LABELS_AT], strict=True)
+        (*key, label) if label else key
+        for key, label in zip(zip(*parts, strict=True), labels, strict=True)
     ]
 
 
@@ -815,11 +823,15 @@ def _scope_strings(frame: pl.DataFrame, use_labels: bool) -> list[str] | None:
     return keys.to_list()
 
 
-def _labels(column: pl.Series, wanted: bool) -> list[LabelKey | None]:
-    """The labels column as scope-key parts (``label_key``), or Nones when no budget scopes on
-    labels (not worth reading)."""
+def _label_columns(column: pl.Series, wanted: bool) -> tuple[list[Any], list[str | None]]:
+    """The labels column as two: row i's scope-key labels (``label_key``) are
+    ``((names[i], values[i]),)`` when values[i] is not None, else ``names[i]``. With one label
+    per event, the usual shape, the two are the names and values as read: no tuples are built
+    for the events whose key is already known (most). Nones when no budget scopes on labels
+    (not worth reading)."""
+    nothing: list[Any] = [None] * len(column)
     if not wanted:
-        return [None] * len(column)
+        return nothing, nothing
     lists = column.to_arrow()
     if isinstance(lists, pa.ChunkedArray):
         lists = lists.combine_chunks()
@@ -828,11 +840,20 @@ def _labels(column: pl.Series, wanted: bool) -> list[LabelKey | None]:
     values = lists.values.field("value").to_pylist()
     first, last = offsets[0], offsets[-1]
     if offsets == list(range(first, last + 1)) and last - first == len(column):
-        # one label each, the usual shape: no slicing per row
-        return [((k, v),) for k, v in zip(keys[first:last], values[first:last], strict=True)]
-    return [
+        return keys[first:last], values[first:last]
+    keyed = [
         tuple(sorted(zip(keys[a:b], values[a:b], strict=True)))
         for a, b in itertools.pairwise(offsets)
+    ]
+    return keyed, nothing
+
+
+def _labels(column: pl.Series, wanted: bool) -> list[LabelKey | None]:
+    """The labels column as scope-key parts (``label_key``), or Nones when not wanted."""
+    names, values = _label_columns(column, wanted)
+    return [
+        ((name, value),) if value is not None else name
+        for name, value in zip(names, values, strict=True)
     ]
 
 

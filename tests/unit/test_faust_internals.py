@@ -32,6 +32,12 @@ def _explain(what: str) -> str:
     )
 
 
+def _source_has(function: Any, *needles: str) -> None:
+    source = inspect.getsource(function)
+    for needle in needles:
+        assert needle in source, _explain(f"{function.__qualname__} no longer has {needle!r}")
+
+
 def test_faust_version_is_the_pinned_one() -> None:
     assert faust.__version__ == app_mod.FAUST_VERSION, _explain(
         f"version {faust.__version__} != {app_mod.FAUST_VERSION}"
@@ -51,15 +57,14 @@ def test_consumer_fetch_and_drain_hooks_exist() -> None:
 
 
 def test_drain_loop_turns_offset_jumps_into_gaps() -> None:
-    source = inspect.getsource(consumer_mod.Consumer._drain_messages)
-    for needle in (
+    _source_has(
+        consumer_mod.Consumer._drain_messages,
         "getmany(timeout=1.0)",
         "gap = offset - (r_offset or 0)",
         "await self._add_gap(tp, r_offset + 1, offset)",
         "callback(message)",
         "set_read_offset(tp, offset)",
-    ):
-        assert needle in source, _explain(f"Consumer._drain_messages no longer has {needle!r}")
+    )
 
 
 def test_conductor_decodes_through_the_channel() -> None:
@@ -216,8 +221,8 @@ def test_new_offset_override_equals_fausts() -> None:
     acks, gaps, duplicates and committed offsets: same results, same bookkeeping after."""
     import random
 
-    source = inspect.getsource(consumer_mod.Consumer._new_offset)
-    for needle in (
+    _source_has(
+        consumer_mod.Consumer._new_offset,
         "candidates = gap_for_tp.overlap(0, max_offset)",
         "stuff_to_add.extend(range(entry.begin, entry.end))",
         "new_max_offset = max(stuff_to_add[-1], max_offset + 1)",
@@ -226,8 +231,7 @@ def test_new_offset_override_equals_fausts() -> None:
         "batch = next(consecutive_numbers(acked))",
         "self._acked_index[tp].difference_update(batch)",
         "return batch[-1] + 1",
-    ):
-        assert needle in source, _explain(f"Consumer._new_offset lost {needle!r}")
+    )
     rng = random.Random(7)
     tp = TP("t", 0)
     for case in range(400):
