@@ -6,7 +6,9 @@ Why it is built this way (see ../shared/notes/performance.md):
   consumer's fetch step yields ONE faust message per fetched partition batch for the events
   and partials topics (``BatchConsumer.getmany``); agents, acks, commits, Tables and
   changelogs are still faust's. Other topics (changelogs during recovery) keep the
-  per-message path.
+  per-message path. Below faust, aiokafka hands those batches over as its C records, without a
+  Python object per record (streams/fetch.py), and faust's commit step finds the acked run
+  without Python work per offset (``BatchConsumer._new_offset``).
 * Work is accumulated in plain dicts (streams/processors/) and state is written behind: each
   partition's whole state is checkpointed atomically into a changelog-backed Table every
   ``worker_flush_seconds``, never once per event. A batch is acked only after the checkpoint
