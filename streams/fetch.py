@@ -62,9 +62,7 @@ class BatchTopicFetchResult(fetcher_mod.FetchResult):
 
     def getall(self, max_records: int | None = None) -> list[Any]:
         records = self._partition_records
-        if max_records is not None or not isinstance(records, BatchTopicRecords):
-            return list(super().getall(max_records))
-        if not records.fast():
+        if not (max_records is None and isinstance(records, BatchTopicRecords) and records.fast()):
             return list(super().getall(max_records))
         if not self.check_assignment(self._topic_partition) or not self.has_more():
             return []

@@ -180,9 +180,10 @@ class PartitionAggregator:
         self.org_minutes: dict[tuple[str, int], list[Any]] = {}
         self._period_caches: dict[tuple[str, str, int], PeriodCache] = {}
         self._matcher: BudgetMatcher | None = None
-        # per minute: scope key -> (accumulators it adds to, price entries of its model, row
-        # in windows[minute]); dropped with the window's rows when they are published
-        self._accs: dict[int, dict[tuple[Any, ...], _KeyInfo]] = {}
+        # per minute: scope key (joined string, or tuple) -> (pending sum it adds to, price
+        # entries of its model, its minute's rates, row in windows[minute]); dropped with the
+        # window's rows when they are published
+        self._accs: dict[int, dict[Any, _KeyInfo]] = {}
         # per minute: (org, id(matched budgets)) -> (matched budgets, pending sum). An event
         # adds to one pending sum, not to each of its 4-8 accumulators; ``_fold`` adds the
         # pending sums to the accumulators at the end of every batch
@@ -327,7 +328,7 @@ class PartitionAggregator:
             ids.append(key64)
             info = accs.get(scope)
             if info is None:
-                if label_value is not None:  # one label: its name and value, apart
+                if label_value is not None:  # one label, name and value apart (_scope_labels)
                     labels = ((labels, label_value),)
                 if use_labels and labels:
                     key: tuple[Any, ...] = (
@@ -450,12 +451,13 @@ class PartitionAggregator:
         frame = columnar.decode(bodies) if len(bodies) >= COLUMNAR_MIN_BATCH else None
         if frame is None:
             return self._decoded_one_by_one(records, range(len(records)))
-        names, values = _label_columns(frame.get_column("labels"), use_labels)
+        lists = _arrow_lists(frame.get_column("labels")) if use_labels else None
+        names, values = _label_columns(lists, frame.height)
         columns = [
             frame.get_column(name).to_list() if name != "labels" else names for name in EVENT_FIELDS
         ]
         columns.append(values)
-        columns.append(_scope_strings(frame, use_labels) or _scope_tuples(columns, use_labels))
+        columns.append(_scope_strings(frame, lists) or _scope_tuples(columns, use_labels))
         if len(picked) == len(records):
             return columns
         # a few records in another framing or version: merge them in by position
@@ -782,27 +784,22 @@ def _scope_tuples(columns: Sequence[Sequence[Any]], use_labels: bool) -> list[tu
     parts = [columns[i] for i in _KEY_AT]
     if not use_labels:
         return list(zip(*parts, strict=True))
-    labels = (
-        ((name, value),) if value is not None else name
-        for name, value in zip(columns[_LABELS_AT], columns[_LABEL_VALUE_AT], strict=True)
-    )
+    labels = _scope_labels(columns[_LABELS_AT], columns[_LABEL_VALUE_AT])
     return [
         (*key, label) if label else key
         for key, label in zip(zip(*parts, strict=True), labels, strict=True)
     ]
 
 
-def _scope_strings(frame: pl.DataFrame, use_labels: bool) -> list[str] | None:
+def _scope_strings(frame: pl.DataFrame, lists: Any | None) -> list[str] | None:
     """Each row's scope key as one string, the fields joined by a separator: one new string
     to hash and compare per event instead of eight (~0.8 us less per event, for ~0.3 us of
     polars work). A row's string determines its tuple key (``_scope_tuples``) only while no
     field holds the separator, so a batch where one does gets None (and tuples instead). A
-    null project is joined as "", which a valid event never has."""
+    null project is joined as "", which a valid event never has. ``lists``: the labels
+    (``_arrow_lists``) when budgets scope on them, else None."""
     fields = [pl.col(name) for name in KEY_FIELDS]
-    if use_labels:
-        lists = frame.get_column("labels").to_arrow()
-        if isinstance(lists, pa.ChunkedArray):
-            lists = lists.combine_chunks()
+    if lists is not None:
         entries = lists.values
         names, values = entries.field("key"), entries.field("value")
         if (
@@ -823,23 +820,26 @@ def _scope_strings(frame: pl.DataFrame, use_labels: bool) -> list[str] | None:
     return keys.to_list()
 
 
-def _label_columns(column: pl.Series, wanted: bool) -> tuple[list[Any], list[str | None]]:
-    """The labels column as two: row i's scope-key labels (``label_key``) are
-    ``((names[i], values[i]),)`` when values[i] is not None, else ``names[i]``. With one label
-    per event, the usual shape, the two are the names and values as read: no tuples are built
-    for the events whose key is already known (most). Nones when no budget scopes on labels
-    (not worth reading)."""
-    nothing: list[Any] = [None] * len(column)
-    if not wanted:
-        return nothing, nothing
+def _arrow_lists(column: pl.Series) -> Any:
+    """The labels column as one arrow list array (of key/value structs)."""
     lists = column.to_arrow()
-    if isinstance(lists, pa.ChunkedArray):
-        lists = lists.combine_chunks()
+    return lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
+
+
+def _label_columns(lists: Any | None, rows: int) -> tuple[list[Any], list[str | None]]:
+    """The labels (``_arrow_lists``) as two columns: row i's scope-key labels (``label_key``)
+    are ``((names[i], values[i]),)`` when values[i] is not None, else ``names[i]``
+    (``_scope_labels``). With one label per event, the usual shape, the two are the names and
+    values as read: no tuples are built for the events whose key is already known (most).
+    Nones when ``lists`` is None: no budget scopes on labels (not worth reading)."""
+    nothing: list[Any] = [None] * rows
+    if lists is None:
+        return nothing, nothing
     offsets = lists.offsets.to_pylist()
     keys = lists.values.field("key").to_pylist()
     values = lists.values.field("value").to_pylist()
     first, last = offsets[0], offsets[-1]
-    if offsets == list(range(first, last + 1)) and last - first == len(column):
+    if offsets == list(range(first, last + 1)) and last - first == rows:
         return keys[first:last], values[first:last]
     keyed = [
         tuple(sorted(zip(keys[a:b], values[a:b], strict=True)))
@@ -848,13 +848,15 @@ def _label_columns(column: pl.Series, wanted: bool) -> tuple[list[Any], list[str
     return keyed, nothing
 
 
+def _scope_labels(names: Sequence[Any], values: Sequence[str | None]) -> Iterator[Any]:
+    """Rows' scope-key labels from ``_label_columns`` (process() inlines this for new keys)."""
+    return (((n, v),) if v is not None else n for n, v in zip(names, values, strict=True))
+
+
 def _labels(column: pl.Series, wanted: bool) -> list[LabelKey | None]:
     """The labels column as scope-key parts (``label_key``), or Nones when not wanted."""
-    names, values = _label_columns(column, wanted)
-    return [
-        ((name, value),) if value is not None else name
-        for name, value in zip(names, values, strict=True)
-    ]
+    names, values = _label_columns(_arrow_lists(column) if wanted else None, len(column))
+    return list(_scope_labels(names, values))
 
 
 def label_key(labels: Mapping[str, str] | None) -> LabelKey:
