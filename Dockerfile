@@ -18,8 +18,9 @@ COPY pyproject.toml README.md ./
 COPY streams ./streams
 COPY schemas ./schemas
 COPY clickhouse ./clickhouse
-# spendstream and every dependency as wheels (all pinned ones ship manylinux wheels).
-RUN pip wheel --wheel-dir /wheels .
+# spendstream with the worker and sink extras (no local stack: production uses an external
+# ClickHouse), every dependency as a wheel (all pinned ones ship manylinux wheels).
+RUN pip wheel --wheel-dir /wheels '.[worker,sink]'
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 ARG UID=10001
@@ -31,7 +32,7 @@ RUN groupadd --system --gid "${UID}" spendstream \
     && install -d -o "${UID}" -g "${UID}" /var/lib/spendstream
 # The wheels are bind-mounted from the build stage, so they never land in a layer.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links /wheels spendstream \
+    pip install --no-index --find-links /wheels 'spendstream[worker,sink]' \
     && spendstream --version
 WORKDIR /var/lib/spendstream
 USER ${UID}:${UID}

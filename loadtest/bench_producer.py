@@ -21,7 +21,7 @@ from rich.table import Table
 
 from streams.generate import generate_events
 from streams.local import stack
-from streams.producer import TokenEventProducer
+from streams.sdk import TokenEventProducer
 from streams.serde import AvroCodec
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics

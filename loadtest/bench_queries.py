@@ -31,9 +31,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from streams.clickhouse import Target, connect
 from streams.local import stack
-from streams.local.clickhouse import connect
-from streams.migrate import Migrator, Target
+from streams.migrate import Migrator
 from streams.query.ranges import resolve
 from streams.query.report import Reports
 from streams.settings import Settings

@@ -27,10 +27,10 @@ from rich.console import Console
 from rich.table import Table
 
 from streams import events
+from streams.clickhouse import Target, connect
 from streams.generate import Shape, generate_events
 from streams.local import stack
-from streams.local.clickhouse import connect
-from streams.migrate import Migrator, Target
+from streams.migrate import Migrator
 from streams.serde import AvroCodec
 from streams.serde.columnar import ColumnarDecoder
 from streams.settings import Settings

@@ -9,7 +9,7 @@ uses fresh topics and consumer groups.
 
 1. Throughput (single-event messages, the realistic case): ``--events`` generated events
    (dense in event time, as at 100k/s) are produced first; then a child process runs the real
-   worker (streams/app.py: decode, validation, dedup, pricing, 1-minute rollups, runaway
+   worker (streams/worker/: decode, validation, dedup, pricing, 1-minute rollups, runaway
    sessions, spikes, budgets of every kind incl. a label-scoped and a rolling one) and times
    the catch-up from its first batch to the last event. Reported per wall second and per CPU
    second of the worker process (the machines are shared: CPU-normalised figures compare
@@ -126,8 +126,7 @@ def budget_specs(shape: Shape, probes: int = 0) -> list[dict[str, Any]]:
 
 
 def _budgets(specs: list[dict[str, Any]]) -> Any:
-    from streams.budgets import StaticBudgets
-    from streams.processors.budgets import budget_from_spec
+    from streams.budgets import StaticBudgets, budget_from_spec
 
     created = now_ms() - 90 * 86_400_000  # long before the data: no ClickHouse baseline
     return StaticBudgets([budget_from_spec(s, now_ms=created) for s in specs])
@@ -164,7 +163,7 @@ def run_fast_worker(
     settings: Settings, specs: list[dict[str, Any]], total: int, result: Any
 ) -> None:
     """Child process: the real Worker; reports wall and CPU time of the catch-up."""
-    from streams.app import Worker, WorkerConfig
+    from streams.worker import Worker, WorkerConfig
 
     worker = Worker(settings, WorkerConfig.from_settings(settings), budgets=_budgets(specs))
 
@@ -207,7 +206,8 @@ def run_baseline(settings: Settings, total: int, result: Any) -> None:
     """Child process: faust the usual way (per-event stream, windowed Tables per event)."""
     import faust
 
-    from streams.app import _new_loop, broker_settings
+    from streams.worker import broker_settings
+    from streams.worker.worker import _new_loop
 
     app = faust.App(
         f"{settings.worker_id}-baseline",
@@ -296,7 +296,7 @@ def latency(base: Settings, partitions: int, rate: int, seconds: int) -> dict[st
 
 def _latency(base: Settings, run: str, partitions: int, rate: int, seconds: int) -> dict[str, Any]:
     settings = bench_settings(base, run, partitions)
-    from streams.app import worker_topics
+    from streams.worker import worker_topics
 
     ensure_topics(settings, worker_topics(settings))
     shape = Shape()
@@ -439,7 +439,7 @@ def main() -> None:
         return
     run = uuid.uuid4().hex[:8]
     settings = bench_settings(base, run, args.partitions)
-    from streams.app import worker_topics
+    from streams.worker import worker_topics
 
     # as dense in event time as traffic at 100k events/s
     span = max(1, args.events // 100)

@@ -1,35 +1,66 @@
-"""The ``spendstream`` command line (click, as faust uses).
+"""The ``spendstream`` command line: assembles the commands of every room (click, as faust uses).
 
-Every flag that maps to a setting declares its ``SPENDSTREAM_*`` variable as ``envvar`` so that
-``--help`` names it; values given on the command line win over the environment.
+Each command is imported when it runs, not when ``spendstream`` starts: a command whose extra
+is not installed says which one to install, in one line, and the others still work. Every flag
+that maps to a setting declares its ``SPENDSTREAM_*`` variable as ``envvar`` so that ``--help``
+names it; values given on the command line win over the environment.
 """
 
 from __future__ import annotations
 
-import logging
+import importlib
 from typing import Any
 
 import click
 
 from streams import __version__
-from streams.errors import SettingsError, SpendstreamError
-from streams.settings import Settings
+from streams.errors import MissingExtraError, SpendstreamError
 
-
-def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment plus CLI overrides, as a click error when invalid."""
-    try:
-        settings = Settings.from_env(**overrides)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from exc
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return settings
+#: command name -> (module, attribute, extra that brings its packages, short help)
+COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
+    "local": ("streams.local.cli", "local", "local", "Run the embedded Kafka and ClickHouse."),
+    "migrate": ("streams.migrate", "migrate_command", "sink", "Apply ClickHouse migrations."),
+    "sink": ("streams.sink.cli", "sink_command", "sink", "Kafka -> ClickHouse, exactly once."),
+    "report": ("streams.query.cli", "report", "sink", "Spend reports from ClickHouse."),
+    "backfill": (
+        "streams.sink.backfill",
+        "backfill_command",
+        "sink",
+        "Rebuild the rollups of a time range.",
+    ),
+    "worker": ("streams.worker.cli", "worker_command", "worker", "Run the stream worker."),
+    "budgets": ("streams.budgets.cli", "budgets_cli", None, "Create, list and delete budgets."),
+    "demo": ("streams.demo", "demo", "all", "Run the demo on the embedded local stack."),
+}
 
 
 class SpendstreamGroup(click.Group):
-    """Turns our errors into one clean line and exit code 1 instead of a traceback."""
+    """Loads commands lazily and turns our errors into one clean line and exit code 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module_name, attribute, extra, summary = entry
+        try:
+            command: click.Command = getattr(importlib.import_module(module_name), attribute)
+        except ImportError as exc:
+            if isinstance(exc, MissingExtraError) or extra is None:
+                error = exc
+            else:
+                missing = exc.name or "a package"
+                error = MissingExtraError(
+                    f"`spendstream {cmd_name}` needs {missing}, which comes with an extra: "
+                    f"pip install 'spendstream[{extra}]'"
+                )
+            return _unavailable(cmd_name, summary, error)
+        _show_envvars(command)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -38,31 +69,25 @@ class SpendstreamGroup(click.Group):
             raise click.ClickException(str(exc)) from exc
 
 
+def _unavailable(name: str, summary: str, error: Exception) -> click.Command:
+    """A stand-in for a command that cannot be imported: it says why when run."""
+
+    def fail() -> None:
+        raise click.ClickException(str(error))
+
+    return click.Command(
+        name,
+        callback=fail,
+        help=f"{summary} (unavailable: {error})",
+        short_help=f"{summary} (needs an extra)",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
+
+
 @click.group(cls=SpendstreamGroup)
 @click.version_option(__version__, prog_name="spendstream")
 def main() -> None:
     """spendstream: real-time AI token spend, budgets and alerts on Kafka and ClickHouse."""
-
-
-def _register() -> None:
-    from streams.app import worker_command
-    from streams.budgets import budgets_cli
-    from streams.demo import demo
-    from streams.local.cli import local
-    from streams.migrate import migrate_command
-    from streams.query.cli import report
-    from streams.sink.backfill import backfill_command
-    from streams.sink.cli import sink_command
-
-    main.add_command(local)
-    main.add_command(migrate_command)
-    main.add_command(sink_command)
-    main.add_command(report)
-    main.add_command(backfill_command)
-    main.add_command(worker_command)
-    main.add_command(budgets_cli)
-    main.add_command(demo)
-    _show_envvars(main)
 
 
 def _show_envvars(command: click.Command) -> None:
@@ -73,6 +98,3 @@ def _show_envvars(command: click.Command) -> None:
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             _show_envvars(sub)
-
-
-_register()

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from streams.errors import SpendstreamError
 from streams.generate import Shape, generate_events
-from streams.producer import TokenEventProducer
+from streams.sdk import TokenEventProducer
 from streams.serde import AvroCodec
 from streams.settings import Settings
 
@@ -125,8 +125,8 @@ def _wait_loaded(client: Any, rows: int, procs: list[subprocess.Popen[bytes]]) -
 
 
 def run_demo(settings: Settings, count: int, console: Console) -> None:
+    from streams.clickhouse import connect
     from streams.local import stack
-    from streams.local.clickhouse import connect
 
     for result in stack.up(settings):
         console.print(f"{result.name}: {result.action} at {result.endpoint}")
@@ -183,7 +183,7 @@ def run_demo(settings: Settings, count: int, console: Console) -> None:
 @click.option("--events", "count", default=20_000, show_default=True, help="events to generate")
 def demo(count: int) -> None:
     """Run the whole pipeline on the local stack with generated agent traffic."""
-    from streams.cli import load_settings
+    from streams.settings import load_settings
 
     settings = load_settings()
     console = Console()

@@ -31,6 +31,21 @@ class LocalStackError(SpendstreamError):
     """The embedded Kafka or ClickHouse could not be installed, started or reached."""
 
 
+class ClickHouseUnavailable(SpendstreamError):
+    """ClickHouse did not answer (down, unreachable, or refusing the connection)."""
+
+
+class MissingExtraError(SpendstreamError, ImportError):
+    """A command needs packages of an extra that is not installed."""
+
+
+def missing_extra(extra: str, package: str) -> MissingExtraError:
+    """The one-line error of a command whose extra is missing."""
+    return MissingExtraError(
+        f"this needs {package}, which comes with an extra: pip install 'spendstream[{extra}]'"
+    )
+
+
 class ProducerError(SpendstreamError):
     """The Kafka producer could not be created or failed to deliver."""
 

@@ -24,11 +24,11 @@ from typing import Any, Protocol
 
 import click
 
+from streams.clickhouse import DISTRIBUTED_SUFFIX, Target, connect
 from streams.errors import MigrationError
-from streams.settings import Settings
+from streams.settings import load_settings
 
 MIGRATIONS_TABLE = "schema_migrations"
-DISTRIBUTED_SUFFIX = "_all"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENGINE = re.compile(r"ENGINE\s*=\s*(\w*)MergeTree\b(?:\s*\(([^()]*)\))?")
@@ -90,35 +90,6 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
         seen[version] = path.name
         found.append(Migration(version, path.name, path.read_text()))
     return sorted(found, key=lambda m: m.version)
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """Where and how migrations are rendered: database, cluster, TTL values."""
-
-    database: str = "spendstream"
-    cluster: str | None = None
-    retention_days: int = 400
-    dedup_horizon_hours: int = 24
-
-    def __post_init__(self) -> None:
-        for what, value in (("database", self.database), ("cluster", self.cluster)):
-            if value is not None and not _IDENTIFIER.match(value):
-                raise MigrationError(f"{what} name {value!r} is not a plain identifier")
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Target:
-        return cls(
-            database=settings.clickhouse_database,
-            cluster=settings.clickhouse_cluster,
-            retention_days=settings.retention_days,
-            dedup_horizon_hours=settings.dedup_horizon_hours,
-        )
-
-    def table(self, name: str) -> str:
-        """The qualified table to insert into or read from: the Distributed one on a cluster."""
-        suffix = DISTRIBUTED_SUFFIX if self.cluster else ""
-        return f"`{self.database}`.`{name}{suffix}`"
 
 
 def split_statements(sql: str) -> list[str]:
@@ -350,20 +321,11 @@ def _current_ttl(engine_full: str) -> str | None:
     return match.group(1).strip() if match else None
 
 
-def connect(settings: Settings) -> Any:
-    """A clickhouse-connect client (no default database: migrations may create it)."""
-    from streams.local.clickhouse import connect as _connect
-
-    return _connect(settings)
-
-
 @click.command("migrate")
 @click.option("--print-sql", is_flag=True, help="Print the rendered SQL; connect to nothing.")
 @click.option("--cluster", envvar="SPENDSTREAM_CLICKHOUSE_CLUSTER", help="Render ON CLUSTER.")
 def migrate_command(print_sql: bool, cluster: str | None) -> None:
     """Apply pending ClickHouse migrations in order (a no-op when none is pending)."""
-    from streams.cli import load_settings
-
     settings = load_settings(clickhouse_cluster=cluster)
     target = Target.from_settings(settings)
     migrations = load_migrations()
@@ -375,7 +337,7 @@ def migrate_command(print_sql: bool, cluster: str | None) -> None:
             for statement in render(migration.template, target):
                 click.echo(statement + ";\n")
         return
-    client = connect(settings)
+    client: Any = connect(settings)  # clickhouse-connect is untyped for the Client protocol
     try:
         migrator = Migrator(client, target)
         applied = migrator.migrate(migrations)

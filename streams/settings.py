@@ -7,6 +7,7 @@ that ``--help`` shows which variable a flag sets.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -202,7 +203,7 @@ class Settings:
         "DEDUP_HORIZON_HOURS", _positive_int, 24, "re-sent event_ids dropped within this horizon"
     )
 
-    # The faust worker (streams/app.py).
+    # The faust worker (streams/worker/).
     worker_id: str = _field(
         "WORKER_ID", _str, "spendstream-worker", "worker group id; prefixes its internal topics"
     )
@@ -339,3 +340,15 @@ def env_name(field_name: str) -> str:
         if f.name == field_name:
             return str(f.metadata["env"])
     raise KeyError(field_name)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings of a command: the environment plus its flags, and logging set up from them.
+
+    Raises SettingsError listing every problem; the command line prints it as one error.
+    """
+    settings = Settings.from_env(**overrides)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return settings

@@ -30,9 +30,9 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from streams.clickhouse import connect, quote_identifier
 from streams.local import LocalClickHouse, LocalKafka, stack
 from streams.local._common import free_ports
-from streams.local.clickhouse import connect, quote_identifier
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics
 

@@ -19,7 +19,7 @@ from rich.table import Table
 from streams.errors import SpendstreamError
 from streams.local import stack
 from streams.local._common import ServiceStatus
-from streams.settings import Settings, env_name
+from streams.settings import Settings, env_name, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -101,9 +101,6 @@ def _services_options(func: F) -> F:
 
 
 def _load(**overrides: Any) -> Settings:
-    # Imported here: streams.cli imports this module while it registers its commands.
-    from streams.cli import load_settings
-
     return load_settings(**overrides)
 
 

@@ -16,13 +16,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
-import clickhouse_connect
-from clickhouse_connect.driver.client import Client
-
+from streams.clickhouse import ensure_database, ping
 from streams.errors import LocalStackError
 from streams.local import _chdb_server
 from streams.local._common import (
@@ -66,61 +62,6 @@ def _config_ports(config_path: Path) -> tuple[int, int] | None:
     if http is None or tcp is None:
         return None
     return int(http), int(tcp)
-
-
-def quote_identifier(name: str) -> str:
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
-
-
-def connect(settings: Settings, database: str | None = None, **kwargs: Any) -> Client:
-    """A clickhouse-connect client for the server ``settings`` point at (local or external)."""
-    url = urlsplit(settings.clickhouse_http_url)
-    secure = url.scheme == "https"
-    password = settings.clickhouse_password.reveal() if settings.clickhouse_password else ""
-    return clickhouse_connect.get_client(
-        host=url.hostname or "127.0.0.1",
-        port=url.port or (8443 if secure else 8123),
-        username=settings.clickhouse_user,
-        password=password,
-        secure=secure,
-        database=database or "",
-        **kwargs,
-    )
-
-
-def _ping(settings: Settings) -> str:
-    """The server version, or an exception if it does not answer ``SELECT 1``."""
-    client = connect(settings, connect_timeout=2, send_receive_timeout=5)
-    try:
-        client.query("SELECT 1")
-        return str(client.server_version)
-    finally:
-        client.close()
-
-
-def check_reachable(settings: Settings, timeout: float = 10.0) -> str:
-    """``SELECT 1`` against whatever ClickHouse ``settings`` point at; returns its version."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return _ping(settings)
-        except Exception as exc:
-            if time.monotonic() >= deadline:
-                raise LocalStackError(
-                    f"clickhouse at {settings.clickhouse_http_url} did not answer within "
-                    f"{timeout:.0f}s: {type(exc).__name__}: {exc}"
-                ) from exc
-            time.sleep(0.2)
-
-
-def ensure_database(settings: Settings) -> None:
-    client = connect(settings)
-    try:
-        client.command(
-            f"CREATE DATABASE IF NOT EXISTS {quote_identifier(settings.clickhouse_database)}"
-        )
-    finally:
-        client.close()
 
 
 class LocalClickHouse:
@@ -240,7 +181,7 @@ class LocalClickHouse:
                 socket.create_connection(
                     ("127.0.0.1", self.settings.local_clickhouse_http_port), 1
                 ).close()
-                _ping(self.settings)
+                ping(self.settings)
                 return
             except Exception as exc:
                 if time.monotonic() >= deadline:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from streams.local import clickhouse as _clickhouse
+from streams import clickhouse as _clickhouse
 from streams.local import kafka as _kafka
 from streams.local._common import ServiceStatus
 from streams.local.clickhouse import LocalClickHouse

@@ -27,10 +27,10 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from streams import events as ev_mod
+from streams.budgets import Budget, BudgetMatcher
 from streams.errors import DecodeError
 from streams.pricing import PriceCatalog, PriceEntry
 from streams.processors.alerts import format_amount, make_alert, runaway_alert_id
-from streams.processors.budgets import Budget, BudgetMatcher
 from streams.processors.detectors import RunawayRules, SessionState, runaway_reasons
 from streams.processors.periods import MINUTE_MS, PeriodCache
 from streams.serde.columnar import ColumnarDecoder
@@ -133,7 +133,7 @@ def rollup_rows(
 
 
 class Budgets(Protocol):
-    """Live view of the budgets (streams/budgets.py's topic view fits)."""
+    """Live view of the budgets (streams.budgets.BudgetView fits)."""
 
     @property
     def matcher(self) -> BudgetMatcher: ...

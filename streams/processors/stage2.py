@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+from streams.budgets import Budget
 from streams.processors.alerts import (
     forecast_alert_id,
     format_amount,
@@ -23,7 +24,6 @@ from streams.processors.alerts import (
     spike_alert_id,
     threshold_alert_id,
 )
-from streams.processors.budgets import Budget
 from streams.processors.detectors import SpikeRules, crossed, forecast_breach, percent, spike_ratio
 from streams.processors.periods import MINUTE_MS, rolling_bucket_ms
 

@@ -13,8 +13,8 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Final, Literal
 
+from streams.clickhouse import Target
 from streams.errors import SpendstreamError
-from streams.migrate import Target
 from streams.query.ranges import ceil_utc, floor_utc
 
 UTC = dt.UTC

@@ -11,7 +11,8 @@ import datetime as dt
 import re
 from pathlib import Path
 
-from streams.migrate import Target, clickhouse_dir
+from streams.clickhouse import Target
+from streams.migrate import clickhouse_dir
 from streams.query.builder import Builder, Query
 
 _ALIGNED = (dt.datetime(2026, 1, 1, 0, tzinfo=dt.UTC), dt.datetime(2026, 1, 1, 1, tzinfo=dt.UTC))

@@ -33,11 +33,10 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _run(fmt: str, build: Callable[[Any, Any], Any], **kw: Any) -> None:
-    from streams.cli import load_settings
-    from streams.local.clickhouse import connect
-    from streams.migrate import Target
+    from streams.clickhouse import Target, connect
     from streams.query.ranges import resolve
     from streams.query.report import Reports
+    from streams.settings import load_settings
 
     settings = load_settings()
     tz = kw.pop("tz") or settings.timezone

@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from streams.migrate import Target
+from streams.clickhouse import Target
 from streams.pricing import TOKENS_PER_PRICE_UNIT, PriceCatalog, default_catalog
 from streams.query.builder import HOUR, Builder, Query
 from streams.query.ranges import TimeRange, floor_utc, zone

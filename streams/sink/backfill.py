@@ -20,8 +20,9 @@ from typing import Any
 
 import click
 
+from streams.clickhouse import Target
 from streams.errors import MigrationError
-from streams.migrate import Migration, Target, load_migrations, render
+from streams.migrate import Migration, load_migrations, render
 from streams.query.ranges import ceil_utc, floor_utc
 
 ROLLUPS = {
@@ -113,9 +114,9 @@ def backfill(
 @click.option("--to", "end", required=True, help="UTC end (ISO, exclusive), widened.")
 def backfill_command(rollup: str, start: str, end: str) -> None:
     """Rebuild rollup rows for a range from token_events (stop the sink for live ranges)."""
-    from streams.cli import load_settings
-    from streams.local.clickhouse import connect
+    from streams.clickhouse import connect
     from streams.query.ranges import resolve
+    from streams.settings import load_settings
 
     settings = load_settings()
     rng = resolve(None, "UTC", start=start, end=end)

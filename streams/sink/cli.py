@@ -33,9 +33,9 @@ def sink_command(
     """Load token events from Kafka into ClickHouse exactly once (run `migrate` first)."""
     from prometheus_client import start_http_server
 
-    from streams.cli import load_settings
+    from streams.clickhouse import check_reachable
     from streams.errors import LocalStackError
-    from streams.local.clickhouse import check_reachable
+    from streams.settings import load_settings
     from streams.sink.records import RecordLoader
     from streams.sink.runner import Sink
     from streams.topics import ensure_topics, standard_topics

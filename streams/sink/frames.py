@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import polars as pl
-import pyarrow as pa  # type: ignore[import-untyped]
 
 from streams import events
 from streams.pricing import (
@@ -22,7 +21,7 @@ from streams.pricing import (
     TOKENS_PER_PRICE_UNIT,
     PriceCatalog,
 )
-from streams.sink.rows import ARROW_SCHEMA, MS_PER_HOUR
+from streams.sink.columns import ARROW_SCHEMA, MS_PER_HOUR
 
 #: a value that Python's str.strip() cannot empty: it has a visible ASCII character (stricter
 #: than strip(), so a row that passes is surely valid; others go to events.problems())
@@ -214,20 +213,3 @@ def insert_frame(
         pl.Series("kafka_partition", partitions, dtype=pl.UInt32),
         pl.Series("kafka_offset", offsets, dtype=pl.UInt64),
     ).select(*ARROW_SCHEMA.names, "hour")
-
-
-def to_arrow(frame: pl.DataFrame) -> pa.Table:
-    """Rows (``insert_frame``'s shape) as an Arrow table of exactly ARROW_SCHEMA."""
-    table = frame.select(ARROW_SCHEMA.names).to_arrow()
-    labels = table.column("labels").combine_chunks()
-    entries = labels.values
-    as_map = pa.MapArray.from_arrays(
-        labels.offsets.cast(pa.int32()),
-        entries.field("key").cast(pa.string()),
-        entries.field("value").cast(pa.string()),
-    )
-    arrays = [
-        as_map if name == "labels" else table.column(name).cast(field.type)
-        for name, field in zip(ARROW_SCHEMA.names, ARROW_SCHEMA, strict=True)
-    ]
-    return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)

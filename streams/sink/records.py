@@ -18,9 +18,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
+from streams.clickhouse import Target
 from streams.deadletter import DeadLetter
 from streams.errors import DecodeError
-from streams.migrate import Target
 from streams.serde import AvroCodec
 from streams.settings import Settings
 from streams.sink.runner import deadletter_config
@@ -98,7 +98,7 @@ class RecordLoader:
     """Budgets and alerts topics into ClickHouse; ``run()`` until ``stop()``."""
 
     def __init__(self, settings: Settings, flush_seconds: float = 1.0) -> None:
-        from streams.local.clickhouse import connect
+        from streams.clickhouse import connect
 
         self.settings = settings
         self.target = Target.from_settings(settings)

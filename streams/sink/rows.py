@@ -21,39 +21,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 
 from streams.events import TOKEN_FIELDS, Event
 from streams.pricing import Price
-
-_STRINGS: Final = (
-    "org_id",
-    "team_id",
-    "user_id",
-    "project_id",
-    "api_key_id",
-    "session_id",
-)
-
-#: token_events columns the sink writes (ingested_at is the server's DEFAULT).
-ARROW_SCHEMA: Final = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("event_time", pa.timestamp("ms", tz="UTC")),
-        *((name, pa.string()) for name in _STRINGS),
-        ("turn", pa.uint32()),
-        ("client", pa.string()),
-        ("task_type", pa.string()),
-        ("provider", pa.string()),
-        ("model", pa.string()),
-        *((name, pa.uint64()) for name in TOKEN_FIELDS),
-        ("cost_nanos", pa.uint64()),
-        ("cost_source", pa.string()),
-        ("price_version", pa.string()),
-        ("status", pa.string()),
-        ("labels", pa.map_(pa.string(), pa.string())),
-        ("kafka_partition", pa.uint32()),
-        ("kafka_offset", pa.uint64()),
-    ]
-)
-
-MS_PER_HOUR: Final = 3_600_000
+from streams.sink.columns import ARROW_SCHEMA, MS_PER_HOUR, STRING_COLUMNS, to_arrow
 
 
 def canonical_event_id(raw: str) -> str:
@@ -80,7 +48,7 @@ _EVENT_COLUMNS: Final = tuple(n for n in ARROW_SCHEMA.names if n not in _COMPUTE
 POLARS_SCHEMA: Final[dict[str, Any]] = {
     "event_id": pl.String,
     "event_time": pl.Datetime("ms", "UTC"),
-    **{name: pl.String for name in _STRINGS},
+    **{name: pl.String for name in STRING_COLUMNS},
     "turn": pl.UInt32,
     "client": pl.String,
     "task_type": pl.String,
@@ -172,8 +140,6 @@ class Block:
         return f"{topic}/{spans}/{len(keep)}/{digest.hexdigest()}"
 
     def to_arrow(self, keep: Sequence[int] | None = None) -> pa.Table:
-        from streams.sink.frames import to_arrow
-
         frame = self.frame
         if keep is not None and len(keep) != len(self):
             frame = frame[list(keep)]

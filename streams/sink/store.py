@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa  # type: ignore[import-untyped]
 from clickhouse_connect.driver.external import ExternalData
 
-from streams.migrate import Target
+from streams.clickhouse import Target
 from streams.settings import Settings
 
 
@@ -39,7 +39,7 @@ class EventStore:
 
     @classmethod
     def connect(cls, settings: Settings) -> EventStore:
-        from streams.local.clickhouse import connect
+        from streams.clickhouse import connect
 
         client = connect(settings, send_receive_timeout=60, autogenerate_session_id=False)
         return cls(client, Target.from_settings(settings))

@@ -7,13 +7,12 @@ import uuid
 
 import pytest
 
-from streams.budgets import read_baseline
+from streams.budgets import budget_from_spec, read_baseline
+from streams.clickhouse import Target, connect
 from streams.events import now_ms
 from streams.generate import Shape, generate_events
-from streams.local.clickhouse import connect
-from streams.migrate import Migrator, Target
+from streams.migrate import Migrator
 from streams.pricing import default_catalog
-from streams.processors.budgets import budget_from_spec
 from streams.settings import Settings
 from streams.sink.rows import Buffer
 from streams.sink.store import EventStore

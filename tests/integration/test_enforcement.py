@@ -8,22 +8,21 @@ from pathlib import Path
 import pytest
 from test_worker_scenario import Workers, _unique_settings
 
-from streams.budgets import publish
+from streams.budgets import budget_from_spec, publish
 from streams.events import now_ms
-from streams.processors.budgets import budget_from_spec
-from streams.producer import TokenEventProducer
+from streams.sdk import TokenEventProducer
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
-#: documented upper bound (streams/enforcement.py) from the crossing event being produced
+#: documented upper bound (streams/sdk/enforcement.py) from the crossing event being produced
 #: to check() answering blocked, on a loaded 2-core test machine
 MAX_DELAY_S = 10.0
 
 
 def test_producer_check_reports_the_block(kafka_settings: Settings, tmp_path: Path) -> None:
-    from streams.app import worker_topics
+    from streams.worker import worker_topics
 
     settings = _unique_settings(kafka_settings)
     ensure_topics(settings, worker_topics(settings))

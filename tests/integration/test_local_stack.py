@@ -20,8 +20,8 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
+from streams.clickhouse import connect
 from streams.local._common import free_ports
-from streams.local.clickhouse import connect
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics
 

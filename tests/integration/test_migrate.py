@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from streams.cli import main
+from streams.clickhouse import Target, connect
 from streams.errors import MigrationError
-from streams.local.clickhouse import connect
-from streams.migrate import Migrator, Target, clickhouse_dir, load_migrations
+from streams.migrate import Migrator, clickhouse_dir, load_migrations
 from streams.settings import Settings, env_name
 
 

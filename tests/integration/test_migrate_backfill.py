@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from streams import events
 from streams.cli import main
+from streams.clickhouse import Target, connect
 from streams.generate import Shape, generate_events
-from streams.local.clickhouse import connect
-from streams.migrate import Migrator, Target
+from streams.migrate import Migrator
 from streams.pricing import default_catalog
 from streams.settings import Settings, env_name
 from streams.sink.rows import Buffer

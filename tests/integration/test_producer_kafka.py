@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from streams import events
 from streams.generate import Shape, generate_events
-from streams.producer import TokenEventProducer
+from streams.sdk import TokenEventProducer
 from streams.serde import AvroCodec
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from streams import events
+from streams.clickhouse import Target, connect
 from streams.deadletter import DeadLetter
 from streams.generate import generate_events
-from streams.local.clickhouse import connect
-from streams.migrate import Migrator, Target
+from streams.migrate import Migrator
 from streams.serde import AvroCodec
 from streams.settings import Settings
 from streams.sink.metrics import SinkMetrics

@@ -26,12 +26,12 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from streams import events
+from streams.clickhouse import Target, connect
 from streams.errors import SinkError
 from streams.generate import Shape, generate_events
-from streams.local.clickhouse import connect
-from streams.migrate import Migrator, Target
+from streams.migrate import Migrator
 from streams.pricing import default_catalog
-from streams.producer import TokenEventProducer
+from streams.sdk import TokenEventProducer
 from streams.settings import Settings, env_name
 from streams.sink.metrics import SinkMetrics
 from streams.sink.rows import Block

@@ -12,8 +12,8 @@ from typing import Any
 from confluent_kafka import Producer
 
 from streams import events
-from streams.local.clickhouse import connect
-from streams.migrate import Migrator, Target
+from streams.clickhouse import Target, connect
+from streams.migrate import Migrator
 from streams.serde import AvroCodec
 from streams.settings import Settings
 from streams.sink.records import RecordLoader

@@ -24,23 +24,23 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from streams.app import partials_topic, worker_topics
-from streams.budgets import publish
+from streams.budgets import Budget, budget_from_spec, publish
+from streams.clickhouse import Target
 from streams.deadletter import DeadLetter
 from streams.errors import DecodeError
 from streams.events import from_epoch_ms, now_ms, partition_key
-from streams.migrate import Migrator, Target
+from streams.migrate import Migrator
 from streams.processors.alerts import (
     forecast_alert_id,
     runaway_alert_id,
     spike_alert_id,
     threshold_alert_id,
 )
-from streams.processors.budgets import Budget, budget_from_spec
 from streams.processors.periods import MINUTE_MS, calendar_period
 from streams.serde import AvroCodec
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from streams.worker import partials_topic, worker_topics
 
 pytestmark = pytest.mark.integration
 

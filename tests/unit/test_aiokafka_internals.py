@@ -1,4 +1,4 @@
-"""Pins the aiokafka internals streams/fetch.py relies on, and proves its records equal aiokafka's.
+"""Pins the aiokafka internals streams/worker/fetch.py relies on; its records equal aiokafka's.
 
 If one of these fails after an upgrade, do not just bump the pin: re-read aiokafka's
 ``PartitionRecords._unpack_records`` and ``FetchResult.getall`` and check that ``drain`` still
@@ -18,7 +18,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
-from streams import fetch
+from streams.worker import fetch
 
 
 def _explain(what: str) -> str:

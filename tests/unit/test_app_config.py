@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streams.app import Worker
 from streams.settings import Settings
+from streams.worker import Worker
 
 
 def test_faust_data_lives_under_spendstream_home_not_the_current_directory(

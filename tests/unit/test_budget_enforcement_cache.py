@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from streams.enforcement import EnforcementCache
+from streams.sdk import EnforcementCache
 
 
 def _block(budget_id: str, scope: dict[str, str], until: int) -> bytes:

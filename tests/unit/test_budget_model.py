@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.budgets import plan_apply
-from streams.processors.budgets import (
+from streams.budgets import (
     Budget,
     BudgetError,
     BudgetMatcher,
@@ -13,6 +12,7 @@ from streams.processors.budgets import (
     parse_budgets_yaml,
     parse_money,
     parse_tokens,
+    plan_apply,
 )
 
 YAML = """

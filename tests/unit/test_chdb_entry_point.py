@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from streams.clickhouse import connect
 from streams.local import LocalClickHouse, _chdb_server
 from streams.local._common import free_ports
-from streams.local.clickhouse import connect
 from streams.settings import Settings
 
 BROKEN = "chdb upgrade broke the private server entry point; pin chdb==4.4.0 chdb-core==26.9.0"

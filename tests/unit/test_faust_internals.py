@@ -1,4 +1,4 @@
-"""Pins the faust-streaming internals the partition-batch fast path (streams/app.py) relies on.
+"""Pins the faust-streaming internals the fast path (streams/worker/fastpath.py) relies on.
 
 If one of these fails after an upgrade, do not just bump the pin: re-read the named faust
 function and check that a ConsumerMessage carrying a whole partition batch is still acked and
@@ -22,12 +22,12 @@ from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 from intervaltree import IntervalTree
 
-from streams import app as app_mod
+from streams.worker import fastpath as app_mod
 
 
 def _explain(what: str) -> str:
     return (
-        f"faust-streaming internals changed ({what}); streams/app.py BatchConsumer relies on "
+        f"faust-streaming internals changed ({what}); streams/worker/fastpath.py relies on "
         f"them: see the docstring of tests/unit/test_faust_internals.py"
     )
 

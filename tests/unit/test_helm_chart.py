@@ -629,7 +629,10 @@ def test_dockerfile_builds_what_the_chart_runs() -> None:
     assert uid and int(uid.group(1)) == values["podSecurityContext"]["runAsUser"]
     assert re.search(r'^ENTRYPOINT \["spendstream"\]$', dockerfile, re.MULTILINE)
     assert f"WORKDIR {values['dataVolume']['mountPath']}" in dockerfile
-    assert re.search(r"pip wheel .* \.$", dockerfile, re.MULTILINE)
+    # the wheel is built from this directory with the server extras, never the local stack
+    built = re.search(r"pip wheel .* '\.\[([a-z,]+)\]'$", dockerfile, re.MULTILINE)
+    assert built and set(built.group(1).split(",")) == {"worker", "sink"}
+    assert "pip install --no-index --find-links /wheels 'spendstream[worker,sink]'" in dockerfile
     # the build context (.dockerignore allow-list) holds everything the wheel is built from
     allowed = {
         line[1:].rstrip("/")

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from streams.clickhouse import quote_identifier
 from streams.errors import LocalStackError
 from streams.local import LocalClickHouse, LocalKafka, _common, stack
 from streams.local._chdb_server import KEEPALIVE_MARKER, keepalive_kill_sql, keepalive_sql
 from streams.local.cli import local
-from streams.local.clickhouse import quote_identifier, render_config
+from streams.local.clickhouse import render_config
 from streams.local.kafka import (
     KAFKA_VERSION,
     new_cluster_id,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from streams.clickhouse import Target
 from streams.errors import MigrationError
 from streams.migrate import (
     Migration,
-    Target,
     bookkeeping_statements,
     load_migrations,
     plan,

@@ -8,11 +8,10 @@ import uuid
 import zlib
 from typing import Any
 
-from streams.budgets import StaticBudgets
+from streams.budgets import Budget, StaticBudgets, budget_from_spec
 from streams.events import partition_key
 from streams.generate import Shape, generate_events
 from streams.pricing import default_catalog
-from streams.processors.budgets import Budget, budget_from_spec
 from streams.processors.stage1 import PartitionAggregator, Stage1Config
 from streams.processors.stage2 import BudgetTotals
 from streams.serde import AvroCodec

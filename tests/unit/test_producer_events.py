@@ -5,7 +5,7 @@ import pytest
 
 from streams import events
 from streams.generate import Shape, generate_events
-from streams.producer import build_event, event_from_otel
+from streams.sdk import build_event, event_from_otel
 
 WHO = dict(
     org_id="acme",

@@ -6,7 +6,8 @@ import datetime as dt
 
 import pytest
 
-from streams.migrate import Target, clickhouse_dir
+from streams.clickhouse import Target
+from streams.migrate import clickhouse_dir
 from streams.query.builder import Builder, Piece, QueryError, plan_pieces
 from streams.query.canonical import render_all
 from streams.query.ranges import RangeError, resolve

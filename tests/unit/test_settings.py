@@ -99,8 +99,9 @@ def test_every_cli_flag_with_a_variable_names_it_in_help():
     def options(command):
         yield from (p for p in command.params if isinstance(p, click.Option))
         if isinstance(command, click.Group):
-            for sub in command.commands.values():
-                yield from options(sub)
+            ctx = click.Context(command)
+            for name in command.list_commands(ctx):
+                yield from options(command.get_command(ctx, name))
 
     with_env = [o for o in options(main) if o.envvar]
     assert len(with_env) >= 5

@@ -7,8 +7,9 @@ import re
 
 import pytest
 
+from streams.clickhouse import Target
 from streams.errors import MigrationError
-from streams.migrate import Migration, Target
+from streams.migrate import Migration
 from streams.sink.backfill import align, backfill, view_select
 
 UTC = dt.UTC

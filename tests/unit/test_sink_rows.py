@@ -81,7 +81,7 @@ def test_arrow_table_matches_the_insert_schema() -> None:
 
 
 def test_lookup_and_insert_use_the_distributed_tables_on_a_cluster() -> None:
-    from streams.migrate import Target
+    from streams.clickhouse import Target
     from streams.sink.store import EventStore
 
     single = EventStore(None, Target(database="db"))

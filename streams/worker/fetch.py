@@ -3,7 +3,7 @@
 aiokafka parses a fetched record batch in C, then wraps every record in a Python
 ``ConsumerRecord`` through a generator, one ``next()`` at a time: ~0.9 us per record against
 ~0.25 us for the C records alone (measured here, 225-byte events). The worker's batch topics
-(streams/app.py) read only ``offset``, ``key``, ``value`` and ``timestamp`` of each record, which
+(streams/worker/) read only ``offset``, ``key``, ``value`` and ``timestamp`` of each record, which
 the C records have, so for those topics ``FetchResult.getall`` returns the C records of each
 producer batch in one step. Every other topic, and every case this does not cover (a
 ``max_records`` limit, read_committed isolation), takes aiokafka's own path unchanged.

@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from streams.budgets import CompactedView
+from streams.sdk.view import CompactedView
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

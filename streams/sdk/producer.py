@@ -21,6 +21,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streams import events
 from streams.errors import DecodeError, InvalidEventError, ProducerError
+from streams.sdk.enforcement import Block, EnforcementWatcher
 from streams.serde import AvroCodec
 from streams.settings import Settings
 
@@ -138,7 +139,7 @@ def event_from_otel(
 class TokenEventProducer:
     """Publishes token events to Kafka; create one per process and share it."""
 
-    _enforcement: Any = None  # streams.enforcement.EnforcementWatcher once watched
+    _enforcement: EnforcementWatcher | None = None  # once watched
 
     def __init__(
         self,
@@ -236,8 +237,6 @@ class TokenEventProducer:
 
     def watch_enforcement(self, timeout: float = 30.0) -> None:
         """Follow the block states of block-mode budgets, so that ``check()`` answers locally."""
-        from streams.enforcement import EnforcementWatcher
-
         if self._enforcement is None:
             self._enforcement = EnforcementWatcher(self.settings).start(timeout)
 
@@ -247,10 +246,10 @@ class TokenEventProducer:
         team_id: str | None = None,
         user_id: str | None = None,
         **attributes: Any,
-    ) -> Any:
+    ) -> Block | None:
         """The Block stopping a request by this org/team/user, or None to go ahead (~1 us).
 
-        Call ``watch_enforcement()`` once first; see streams/enforcement.py for the delay.
+        Call ``watch_enforcement()`` once first; see streams/sdk/enforcement.py for the delay.
         """
         watcher = self._enforcement
         if watcher is None:

@@ -1,0 +1,73 @@
+"""The worker's configuration: faust/aiokafka connection settings, stage settings, its topics."""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+from typing import Any
+
+import faust
+
+from streams.budgets import budget_topics
+from streams.processors.stage1 import Stage1Config
+from streams.processors.stage2 import Stage2Config
+from streams.settings import Settings
+from streams.topics import TopicSpec
+
+
+def broker_settings(settings: Settings) -> dict[str, Any]:
+    """faust/aiokafka connection settings from our librdkafka-style settings (SASL/TLS)."""
+    config = settings.kafka_client_config()
+    servers = config["bootstrap.servers"].split(",")
+    out: dict[str, Any] = {"broker": [f"aiokafka://{s.strip()}" for s in servers]}
+    protocol = settings.kafka_security_protocol
+    context: ssl.SSLContext | None = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_tls_ca) if settings.kafka_tls_ca else None
+        )
+        if settings.kafka_tls_cert and settings.kafka_tls_key:
+            context.load_cert_chain(str(settings.kafka_tls_cert), str(settings.kafka_tls_key))
+    if protocol.startswith("SASL"):
+        out["broker_credentials"] = faust.SASLCredentials(
+            username=settings.kafka_sasl_username or "",
+            password=settings.kafka_sasl_password.reveal() if settings.kafka_sasl_password else "",
+            mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+            ssl_context=context,
+        )
+    elif context is not None:
+        out["broker_credentials"] = faust.SSLCredentials(context)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    stage1: Stage1Config = dataclasses.field(default_factory=Stage1Config)
+    stage2: Stage2Config = dataclasses.field(default_factory=Stage2Config)
+    flush_interval_s: float = 1.0
+    publish_rollups: bool = True
+    #: also run the faust web server (off: workers need no HTTP port)
+    web: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerConfig:
+        return cls(
+            stage1=Stage1Config(allowed_lateness_ms=settings.allowed_lateness_s * 1000),
+            flush_interval_s=settings.worker_flush_seconds,
+        )
+
+
+def partials_topic(settings: Settings) -> str:
+    return f"{settings.worker_id}-budget-partials"
+
+
+def worker_topics(settings: Settings) -> list[TopicSpec]:
+    parts = settings.event_partitions
+    return [
+        TopicSpec(settings.topic_events, parts, {"compression.type": "producer"}),
+        TopicSpec(settings.topic_deadletter, parts, {"retention.ms": str(30 * 86_400_000)}),
+        TopicSpec(settings.topic_alerts, parts),
+        TopicSpec(settings.topic_rollups, parts),
+        TopicSpec(partials_topic(settings), parts, {"retention.ms": str(7 * 86_400_000)}),
+        *budget_topics(settings),
+    ]
