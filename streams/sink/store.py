@@ -31,7 +31,7 @@ class EventStore:
         )
         # optimize_on_insert=0: the views' GROUP BY already leaves one row per rollup key in a
         # block, so merging equal keys again at insert is wasted work (measured: about a fifth
-        # of the insert's time with the seven views, see clickhouse/README.md).
+        # of the insert's time with the seven views, see docs/performance.md).
         self._insert_settings: dict[str, Any] = {"optimize_on_insert": 0}
         if target.cluster:
             # Distributed inserts must reach every shard before we commit offsets.
