@@ -31,6 +31,15 @@ OPTIONAL_IDS: Final = ("project_id", "api_key_id", "session_id")
 MAX_FUTURE_MS: Final = 10 * 60 * 1000
 #: No LLM request before this instant (2020-01-01 UTC); earlier times are corrupt clocks.
 MIN_EVENT_TIME_MS: Final = 1_577_836_800_000
+#: Most tokens one bucket of one request may hold: 100x the largest context window offered
+#: today (10M tokens). A larger count is a client bug, and bounding it keeps every sum exact.
+MAX_TOKENS: Final = 1_000_000_000
+#: Most one request may cost, reported or priced: $10,000 (no list price today comes near it
+#: for a single request). With it, an int64 sum holds 922,337 maximal requests ($9.2 billion);
+#: sums beyond saturate instead of failing (see streams.processors.stage1.saturate).
+MAX_COST_NANOS: Final = 10_000_000_000_000
+#: The largest value an int64 field (Avro long, msgpack, ClickHouse Int64) holds.
+INT64_MAX: Final = (1 << 63) - 1
 
 Event = dict[str, Any]
 
@@ -85,12 +94,16 @@ def problems(event: Mapping[str, Any], now: int | None = None) -> list[str]:
             found.append(f"{name} must be an integer")
         elif value < 0:
             found.append(f"{name} is negative ({value})")
+        elif value > MAX_TOKENS:
+            found.append(f"{name} {value} is above the bound of {MAX_TOKENS:,} per request")
     reasoning, output = event.get("reasoning_tokens", 0), event.get("output_tokens", 0)
     if isinstance(reasoning, int) and isinstance(output, int) and reasoning > output:
         found.append("reasoning_tokens exceed output_tokens (reasoning is part of output)")
     cost = event.get("cost_nanos")
     if cost is not None and (not isinstance(cost, int) or isinstance(cost, bool) or cost < 0):
         found.append("cost_nanos must be a non-negative integer (nano-USD) or null")
+    elif cost is not None and cost > MAX_COST_NANOS:
+        found.append(f"cost_nanos {cost} is above the bound of {MAX_COST_NANOS:,} ($10,000)")
     turn = event.get("turn")
     if turn is not None and (not isinstance(turn, int) or turn < 1):
         found.append("turn must be a positive integer or null")
@@ -144,8 +157,16 @@ def surely_valid(e: Mapping[str, Any], max_time_ms: int) -> bool:
             | reasoning
         )
         >= 0
+        and max(
+            e["input_tokens"],
+            e["cache_read_tokens"],
+            e["cache_write_5m_tokens"],
+            e["cache_write_1h_tokens"],
+            output,
+        )
+        <= MAX_TOKENS
         and reasoning <= output
-        and (cost is None or cost >= 0)
+        and (cost is None or 0 <= cost <= MAX_COST_NANOS)
         and (turn is None or turn >= 1)
         and (session is None or session.strip())
         and (project is None or project.strip())

@@ -208,10 +208,28 @@ class Settings:
         "WORKER_ID", _str, "spendstream-worker", "worker group id; prefixes its internal topics"
     )
     allowed_lateness_s: int = _field(
-        "ALLOWED_LATENESS_S", _positive_int, 300, "worker: later events are dead-lettered"
+        "ALLOWED_LATENESS_S",
+        _positive_int,
+        300,
+        "worker: later events are counted in budgets but rolled up as late rows",
     )
     worker_flush_seconds: float = _field(
         "WORKER_FLUSH_SECONDS", _positive_float, 1.0, "worker: state checkpoint interval"
+    )
+    worker_sink_checks: bool = _field(
+        "WORKER_SINK_CHECKS",
+        _bool,
+        True,
+        "worker: read budget baselines and the dedup of events older than its id memory "
+        "from ClickHouse once the sink has committed past them (off: no sink runs; budgets "
+        "count from when the worker first sees them, old events are not deduplicated)",
+    )
+    worker_dedup_memory_s: int = _field(
+        "WORKER_DEDUP_MEMORY_S",
+        _positive_int,
+        600,
+        "worker: ids of events this recent are kept in memory (16 bytes each); older "
+        "events are checked against ClickHouse",
     )
     worker_fetch_mib: int = _field(
         "WORKER_FETCH_MIB", _positive_int, 8, "worker: most MiB one fetch takes per partition"
@@ -328,6 +346,13 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
         path = values.get(name)
         if path is not None and not Path(path).is_file():
             problems.append(f"{PREFIX}{name.upper()}: no such file {path}")
+    lateness = values.get("allowed_lateness_s", 300)
+    memory = values.get("worker_dedup_memory_s", 600)
+    if memory < lateness + 65:
+        problems.append(
+            f"{PREFIX}WORKER_DEDUP_MEMORY_S: must be at least the allowed lateness + 65 s"
+            f" ({lateness + 65})"
+        )
     url = values.get("clickhouse_url")
     if url is not None and not url.startswith(("http://", "https://")):
         problems.append(f"{PREFIX}CLICKHOUSE_URL: must start with http:// or https://")

@@ -19,12 +19,17 @@ class TopicSpec:
     config: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
+#: the events topic: the broker stamps each record with its own clock (LogAppendTime), the
+#: clock every consumer decides lateness and windows by, the same on every replay
+EVENTS_TOPIC_CONFIG = {"compression.type": "producer", "message.timestamp.type": "LogAppendTime"}
+
+
 def standard_topics(settings: Settings) -> list[TopicSpec]:
     """Every topic spendstream owns, with partitioning and retention/compaction choices."""
     parts = settings.event_partitions
     compacted = {"cleanup.policy": "compact"}
     return [
-        TopicSpec(settings.topic_events, parts, {"compression.type": "producer"}),
+        TopicSpec(settings.topic_events, parts, dict(EVENTS_TOPIC_CONFIG)),
         TopicSpec(settings.topic_deadletter, parts, {"retention.ms": str(30 * 86_400_000)}),
         TopicSpec(settings.topic_alerts, parts),
         TopicSpec(settings.topic_rollups, parts),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from streams.budgets.model import Budget
-from streams.clickhouse import connect
+from streams.clickhouse import Target, connect
 from streams.settings import Settings
 
 #: budget scope field -> token_events column (nullable scope values are stored as '')
@@ -21,20 +21,34 @@ _SCOPE_COLUMNS = {
 
 
 def baseline_query(
-    budget: Budget, start: int, until: int, bucket_ms: int = 0
+    budget: Budget,
+    start: int,
+    until: int,
+    bucket_ms: int = 0,
+    *,
+    partition: int | None = None,
+    before_offset: int | None = None,
+    table: str = "token_events",
 ) -> tuple[str, dict[str, Any]]:
     """SQL + parameters: cost and tokens of ``budget``'s scope with start <= event_time < until.
 
     One row ``(start, cost, tokens)``; with ``bucket_ms``, one row per bucket of that length
     counted from ``start`` (what a rolling window needs: its baseline slides out bucket by
-    bucket). Groups by event_id first so that a duplicate row, should one exist, is counted
-    once.
+    bucket). With ``partition`` and ``before_offset``: only the rows the sink read from that
+    events partition before that offset (a budget version's baseline: stage 1 counts the
+    rest). Rows are summed as stored, as every report and rollup sums them.
     """
     params: dict[str, Any] = {"start": start, "until": until}
     where = [
         "event_time >= fromUnixTimestamp64Milli({start:Int64}, 'UTC')",
         "event_time < fromUnixTimestamp64Milli({until:Int64}, 'UTC')",
     ]
+    if partition is not None:
+        params["partition"] = partition
+        where.append("kafka_partition = {partition:UInt32}")
+    if before_offset is not None:
+        params["before"] = before_offset
+        where.append("kafka_offset < {before:UInt64}")
     for field, column in _SCOPE_COLUMNS.items():
         value = getattr(budget, field)
         if value is not None:
@@ -52,22 +66,37 @@ def baseline_query(
     else:
         bucket = "{start:Int64}"
     sql = (
-        "SELECT bucket, toInt64(sum(cost)), toInt64(sum(tokens)) FROM ("
-        f" SELECT any({bucket}) AS bucket, any(cost_nanos) AS cost,"
-        " any(input_tokens + cache_read_tokens + cache_write_5m_tokens"
-        " + cache_write_1h_tokens + output_tokens) AS tokens"
-        f" FROM token_events WHERE {' AND '.join(where)} GROUP BY event_id)"
+        f"SELECT {bucket} AS bucket, toInt64(sum(cost_nanos)),"
+        " toInt64(sum(input_tokens + cache_read_tokens + cache_write_5m_tokens"
+        " + cache_write_1h_tokens + output_tokens))"
+        f" FROM {table} WHERE {' AND '.join(where)}"
         " GROUP BY bucket ORDER BY bucket"
     )
     return sql, params
 
 
 def read_baseline(
-    settings: Settings, budget: Budget, start: int, until: int, bucket_ms: int = 0
+    settings: Settings,
+    budget: Budget,
+    start: int,
+    until: int,
+    bucket_ms: int = 0,
+    *,
+    partition: int | None = None,
+    before_offset: int | None = None,
 ) -> list[tuple[int, int, int]]:
-    """(bucket start, cost nano-USD, tokens) already spent in [start, until) for the scope."""
-
-    sql, params = baseline_query(budget, start, until, bucket_ms)
+    """(bucket start, cost nano-USD, tokens) already spent in [start, until) for the scope
+    (the Distributed table on a cluster)."""
+    table = Target.from_settings(settings).table("token_events")
+    sql, params = baseline_query(
+        budget,
+        start,
+        until,
+        bucket_ms,
+        partition=partition,
+        before_offset=before_offset,
+        table=table,
+    )
     client = connect(settings, database=settings.clickhouse_database)
     try:
         rows = client.query(sql, parameters=params).result_rows

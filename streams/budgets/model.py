@@ -8,6 +8,9 @@ A budget's scope is a conjunction: every scope field that is set must equal the 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import json
 import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -122,6 +125,23 @@ class Budget:
         values["labels"] = dict(values.get("labels") or {})
         return cls(**values)
 
+    @functools.cached_property
+    def total_version(self) -> str:
+        """Digest of what decides WHICH events count (scope, period, zone, window): a change
+        starts a new total; a limit or mode change keeps it."""
+        counted = {f: getattr(self, f) for f in (*SCOPE_FIELDS, *_PERIOD_FIELDS)}
+        counted["labels"] = dict(sorted(self.labels.items()))
+        return _digest(counted)
+
+    @functools.cached_property
+    def definition_version(self) -> str:
+        """Digest of the whole definition but its timestamps: part of every threshold alert
+        id, so a changed limit or threshold list is evaluated afresh."""
+        record = self.to_record()
+        record.pop("created_at")
+        record.pop("updated_at")
+        return _digest(record)
+
     def same_definition(self, other: Budget) -> bool:
         """Equal apart from timestamps (an unchanged ``apply`` publishes nothing)."""
         a, b = self.to_record(), other.to_record()
@@ -129,6 +149,14 @@ class Budget:
             a.pop(name)
             b.pop(name)
         return a == b
+
+
+_PERIOD_FIELDS: Final = ("period", "timezone", "rolling_window_s")
+
+
+def _digest(values: Mapping[str, Any]) -> str:
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def budget_problems(budget: Budget) -> list[str]:

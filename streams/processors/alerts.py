@@ -22,16 +22,21 @@ def alert_id(kind: str, *parts: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def threshold_alert_id(budget_id: str, period_start: int, threshold_pct: int) -> str:
-    return alert_id("threshold_crossed", budget_id, period_start, threshold_pct)
+def threshold_alert_id(
+    budget_id: str, definition_version: str, period_start: int, threshold_pct: int
+) -> str:
+    """Once per threshold and period of one budget DEFINITION: a changed limit or threshold
+    list is a new definition, evaluated afresh."""
+    return alert_id("threshold_crossed", budget_id, definition_version, period_start, threshold_pct)
 
 
-def forecast_alert_id(budget_id: str, period_start: int) -> str:
-    return alert_id("forecast_breach", budget_id, period_start)
+def forecast_alert_id(budget_id: str, definition_version: str, period_start: int) -> str:
+    return alert_id("forecast_breach", budget_id, definition_version, period_start)
 
 
-def runaway_alert_id(session_id: str, reason: str) -> str:
-    return alert_id("runaway_session", session_id, reason)
+def runaway_alert_id(org_id: str, session_id: str, reason: str) -> str:
+    """Sessions are the org's: two orgs that reuse a session id are two sessions."""
+    return alert_id("runaway_session", org_id, session_id, reason)
 
 
 def spike_alert_id(scope_key: str, window_start: int) -> str:

@@ -85,6 +85,8 @@ class RunawayRules:
     growth_turns: int = 10
     growth_factor: float = 3.0
     growth_min_context: int = 100_000
+    #: sustained, not one jump: no single turn may add more than this share of the growth
+    growth_max_step_share: float = 0.5
 
 
 RUNAWAY_REASONS: Final = ("cost", "turns", "context_growth")
@@ -167,10 +169,17 @@ def runaway_reasons(state: SessionState, rules: RunawayRules) -> list[str]:
 
 
 def is_growing(contexts: Sequence[int], rules: RunawayRules) -> bool:
-    """Every turn re-sent more context than the one before, growing by the factor overall."""
+    """Sustained context growth: every turn re-sent more context than the one before, by the
+    factor overall, ending above the minimum, and no single turn added more than
+    ``growth_max_step_share`` of the growth (one huge prompt after small ones is not a
+    session growing turn by turn)."""
     if contexts[-1] < rules.growth_min_context or contexts[0] <= 0:
         return False
-    if any(b <= a for a, b in itertools.pairwise(contexts)):
+    steps = [b - a for a, b in itertools.pairwise(contexts)]
+    if any(step <= 0 for step in steps):
+        return False
+    growth = contexts[-1] - contexts[0]
+    if max(steps) > growth * rules.growth_max_step_share:
         return False
     return contexts[-1] >= contexts[0] * rules.growth_factor
 

@@ -1,27 +1,44 @@
 """Stage 1: one events partition at a time, a whole fetched batch per call, exact and restartable.
 
-Per partition it keeps, in plain dicts: the event-time watermark, the ids seen within the
-allowed lateness (re-sent duplicates land on the same partition as their original), per-budget
-partial sums for each period bucket, per-org per-minute spend for spike detection, per-session
-runaway state, and 1-minute rollup windows. It returns what to publish: cumulative budget
-partials for stage 2 (idempotent: stage 2 keeps the highest offset per source partition),
-closed rollup rows, runaway alerts and dead letters.
+The semantics it implements (docs/design.md, "Budget truth"):
 
-Restart exactness: ``snapshot()`` is the state after exactly the events up to ``applied``;
-the app checkpoints it atomically (processors/checkpoint.py) and events at or below
+* The partition's clock is the broker's: the running maximum of the records' timestamps (the
+  events topic uses LogAppendTime). An event's own ``event_time`` never moves it, so a skewed
+  agent cannot push windows ahead, and every decision below is a function of the records
+  alone: a replay decides the same.
+* Budgets count every accepted, non-duplicate event, however late, in every budget period the
+  partition still holds (until ``hold_ms`` after the period ends). Lateness only decides
+  whether an event is in its 1-minute rollup window (and in the org spend spike detection
+  reads) or published as a late rollup row of its own.
+* A duplicate is a re-send: the same 128-bit event_id in the same event hour, as the sink
+  decides (ClickHouse ``event_ids``). Ids of recent events are kept in memory, 16 bytes each
+  (processors/dedup.py); an event older than that window is handed to the worker as a lookup,
+  which asks ClickHouse what the sink did with exactly this record, and is counted by
+  ``resolve`` once answered.
+* A budget version is counted from a split offset: the first offset processed with it known.
+  What its scope spent before the split is stage 2's baseline, read from ClickHouse, so a
+  budget created mid-period starts exact whatever the lateness or a backlog.
+
+It returns what to publish: cumulative budget partials and org-minute partials for stage 2
+(with a sequence number: stage 2 keeps the newest per source partition), split announcements,
+closed rollup windows and late rollup rows, runaway alerts, dead letters and lookups.
+
+Restart exactness: ``snapshot()`` is the state after exactly the records up to ``applied``;
+the worker checkpoints it atomically (processors/checkpoint.py) and records at or below
 ``applied`` are skipped when replayed.
 """
 
 from __future__ import annotations
 
-import array
 import dataclasses
 import itertools
+import json
 import operator
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, Protocol
 
+import numpy as np
 import polars as pl
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
@@ -31,8 +48,9 @@ from streams.budgets import Budget, BudgetMatcher
 from streams.errors import DecodeError
 from streams.pricing import PriceCatalog, PriceEntry
 from streams.processors.alerts import format_amount, make_alert, runaway_alert_id
+from streams.processors.dedup import ID_DTYPE, DedupMemory
 from streams.processors.detectors import RunawayRules, SessionState, runaway_reasons
-from streams.processors.periods import MINUTE_MS, PeriodCache
+from streams.processors.periods import HOUR_MS, MINUTE_MS, PeriodCache
 from streams.serde.columnar import ColumnarDecoder
 
 ROLLUP_COUNTERS: Final = (
@@ -58,23 +76,28 @@ KEY_FIELDS: Final = (
     "task_type",
     "provider",
 )
-_MASK63: Final = 0x7FFF_FFFF_FFFF_FFFF
 _HALF_M: Final = 500_000
 _MIN_T: Final = ev_mod.MIN_EVENT_TIME_MS
+_MAX_TOKENS: Final = ev_mod.MAX_TOKENS
+_MAX_COST: Final = ev_mod.MAX_COST_NANOS
 #: per scope key and minute: the pending sum it adds to, its model's price entries, and the
 #: rates (input, cache read, cache write 5m and 1h, output, reasoning) when one untiered
 #: entry prices the whole minute
 _Rates = tuple[int, int, int, int, int, int]
 _Targets = tuple[list[Any], Sequence[PriceEntry], _Rates | None]
-#: the same plus the key's rollup row in the minute's open window
-_KeyInfo = tuple[list[Any], Sequence[PriceEntry], _Rates | None, list[int]]
+#: the same plus the key's rollup row in the minute's open window (None: the window is closed)
+_KeyInfo = tuple[Any, ...]
 #: a pending sum: [cost, tokens, requests, last event id, its time, its offset, accumulators]
 _PENDING_ACCS: Final = 6
 _by_last_event: Final = operator.itemgetter(4, 5)
+#: a budget accumulator: [cost, tokens, requests, last_id, last_t, period end, published
+#: requests, split offset, split broker time]
+_ACC_END: Final = 5
 
 
 class Record(Protocol):
-    """What stage 1 reads of a Kafka record (aiokafka ConsumerRecord fits)."""
+    """What stage 1 reads of a Kafka record (aiokafka's records fit). ``timestamp``: the
+    broker's append time in epoch ms (None: the processor's clock)."""
 
     offset: int
     key: bytes | None
@@ -83,11 +106,29 @@ class Record(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Stage1Config:
+    #: how long after a minute ends its rollup window still takes events
     allowed_lateness_ms: int = 5 * 60_000
     rollup_grace_ms: int = 5_000
     session_idle_ms: int = 2 * 3_600_000
-    spike_keep_minutes: int = 2
+    #: ids of events this recent (event time against the partition clock) are kept in
+    #: memory; older events are checked against ClickHouse (16 bytes per id)
+    dedup_memory_ms: int = 10 * 60_000
+    #: a budget period is counted until this long after it ends (the dedup horizon)
+    hold_ms: int = 24 * 3_600_000
+    #: accumulators are kept this much longer than the hold, for lookups still in flight
+    hold_margin_ms: int = 3_600_000
+    #: a partition with no records that is caught up counts as this far behind the wall clock
+    idle_timeout_ms: int = 5_000
     runaway: RunawayRules = dataclasses.field(default_factory=RunawayRules)
+
+    def __post_init__(self) -> None:
+        if self.dedup_memory_ms < self.allowed_lateness_ms + MINUTE_MS + self.rollup_grace_ms:
+            raise ValueError("dedup_memory_ms must cover a rollup window's whole lateness")
+
+    @property
+    def close_after_ms(self) -> int:
+        """A minute's rollup window closes when the clock reaches minute + this."""
+        return MINUTE_MS + self.allowed_lateness_ms + self.rollup_grace_ms
 
 
 @dataclasses.dataclass
@@ -97,39 +138,98 @@ class DeadLetterOut:
     reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Lookup:
+    """An event older than the memory window: did the sink insert exactly this record?"""
+
+    partition: int
+    offset: int
+    event_id: str  # canonical text
+    event_time: int
+    org_id: str
+
+
 @dataclasses.dataclass
 class Stage1Output:
-    partials: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    #: closed windows as (partition, minute, rows, revision); ``rollup_rows`` makes the rows
-    #: lazily, so that a minute closing does not hold up the batch that closed it
-    rollup_windows: list[tuple[int, int, Mapping[tuple[Any, ...], list[int]], int]] = (
-        dataclasses.field(default_factory=list)
+    #: [budget_id, total_version, start, end, cost, tokens, requests, last_id, last_t, split,
+    #: split_ts] per changed budget accumulator
+    budget_partials: list[list[Any]] = dataclasses.field(default_factory=list)
+    #: [org, minute, cost, tokens, requests] per changed org minute (on-time events only)
+    org_partials: list[list[Any]] = dataclasses.field(default_factory=list)
+    #: [budget_id, total_version, split, split_ts] for budget versions seen for the first time
+    announces: list[list[Any]] = dataclasses.field(default_factory=list)
+    #: closed windows as (partition, minute, rows); ``rollup_rows`` makes the records lazily,
+    #: so that a minute closing does not hold up the batch that closed it
+    rollup_windows: list[tuple[int, int, Mapping[tuple[Any, ...], list[int]]]] = dataclasses.field(
+        default_factory=list
+    )
+    #: events late for their rollup window, one row each: (minute, key, counters, offset)
+    late_rows: list[tuple[int, tuple[Any, ...], list[int], int]] = dataclasses.field(
+        default_factory=list
     )
     alerts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     dead: list[DeadLetterOut] = dataclasses.field(default_factory=list)
+    lookups: list[Lookup] = dataclasses.field(default_factory=list)
+    #: the partition clock after this call, and the sequence number of what it emitted
+    clock: int = 0
+    seq: int = 0
     counted: int = 0
     duplicates: int = 0
     skipped: int = 0
 
     @property
     def rollups(self) -> list[dict[str, Any]]:
-        """Every closed window's rows (built on each call: the worker streams them instead)."""
-        return [row for window in self.rollup_windows for row in rollup_rows(*window)]
+        """Every row to publish (built on each call: the worker streams them instead)."""
+        rows = [row for window in self.rollup_windows for row in rollup_rows(*window)]
+        partition = self.rollup_windows[0][0] if self.rollup_windows else None
+        rows.extend(late_rollup_rows(partition or 0, self.late_rows))
+        return rows
+
+    def has_partials(self) -> bool:
+        return bool(self.budget_partials or self.org_partials or self.announces)
+
+
+def _rollup_record(
+    partition: int, minute: int, dims: tuple[Any, ...], counters: Sequence[int], segment: str
+) -> dict[str, Any]:
+    record: dict[str, Any] = dict(zip(KEY_FIELDS, dims[:8], strict=True))
+    record["labels"] = dict(dims[8]) if len(dims) > 8 else {}
+    record.update(zip(ROLLUP_COUNTERS, map(saturate, counters), strict=True))
+    record["window_start"] = minute
+    record["window_end"] = minute + MINUTE_MS
+    record["source_partition"] = partition
+    record["segment"] = segment
+    record["revision"] = 0
+    return record
 
 
 def rollup_rows(
-    partition: int, minute: int, rows: Mapping[tuple[Any, ...], list[int]], revision: int
+    partition: int, minute: int, rows: Mapping[tuple[Any, ...], list[int]]
 ) -> Iterator[dict[str, Any]]:
-    """The rollups-topic records of one closed window of one partition."""
-    end = minute + MINUTE_MS
+    """The rollups-topic records of one closed window of one partition (final: one per key)."""
     for dims, counters in rows.items():
-        record: dict[str, Any] = dict(zip(KEY_FIELDS, dims[:8], strict=True))
-        record.update(zip(ROLLUP_COUNTERS, counters, strict=True))
-        record["window_start"] = minute
-        record["window_end"] = end
-        record["source_partition"] = partition
-        record["revision"] = revision
-        yield record
+        if counters[0]:
+            yield _rollup_record(partition, minute, dims, counters, "")
+
+
+def late_rollup_rows(
+    partition: int, rows: Sequence[tuple[int, tuple[Any, ...], list[int], int]]
+) -> Iterator[dict[str, Any]]:
+    """One record per event late for its window, keyed by its offset (idempotent on replay)."""
+    for minute, dims, counters, offset in rows:
+        yield _rollup_record(partition, minute, dims, counters, f"late:{offset}")
+
+
+def rollup_key(record: Mapping[str, Any]) -> bytes:
+    """The Kafka key of a rollup row: its window, full scope key, source partition, segment."""
+    parts = [record["window_start"], *(record[f] for f in KEY_FIELDS)]
+    parts += [sorted(record["labels"].items()), record["source_partition"], record["segment"]]
+    return json.dumps(parts, separators=(",", ":")).encode()
+
+
+def saturate(value: int) -> int:
+    """``value`` clamped to int64, the encoders' bound (exact below; see MAX_COST_NANOS)."""
+    return value if value <= ev_mod.INT64_MAX else ev_mod.INT64_MAX
 
 
 class Budgets(Protocol):
@@ -139,12 +239,10 @@ class Budgets(Protocol):
     def matcher(self) -> BudgetMatcher: ...
 
 
-def uuid_int64(event_id: str) -> int:
-    """Low 63 bits of the UUID: the dedup key (collisions ~ n^2 / 2^64, negligible)."""
-    try:
-        return int(event_id.replace("-", ""), 16) & 0x7FFF_FFFF_FFFF_FFFF
-    except ValueError:
-        return uuid.UUID(event_id).int & 0x7FFF_FFFF_FFFF_FFFF
+def id_bytes(event_id: str) -> bytes:
+    """The 16 bytes of a UUID in any spelling uuid.UUID accepts, as numpy's S16 hands them back
+    (trailing zero bytes dropped: still one value per id)."""
+    return uuid.UUID(event_id).bytes.rstrip(b"\x00")
 
 
 class PartitionAggregator:
@@ -169,56 +267,84 @@ class PartitionAggregator:
         self.config = config or Stage1Config()
         self.now_ms = now_ms
         self.applied = -1
-        self.watermark = 0
-        # dedup: ids seen per event minute, expired once older than the allowed lateness
-        self.seen: set[int] = set()
-        self.seen_by_minute: dict[int, list[int]] = {}
-        self.saved_ids: dict[int, int] = {}  # minute -> how many ids are in dedup chunks
-        # accumulators, all [cost, tokens, requests, last_id, last_t, end, published_requests]:
-        # budget partials by (budget_id, period or bucket start), org spend by (org, minute)
-        self.partials: dict[tuple[str, int], list[Any]] = {}
+        self.clock = 0
+        self.seq = 0
+        self.memory = DedupMemory()
+        #: events older than the memory window, waiting for their lookup: [offset, broker
+        #: time, key, value]
+        self.deferred: dict[int, list[Any]] = {}
+        # budget accumulators by (budget_id, total_version, period or bucket start), see _ACC_END
+        self.partials: dict[tuple[str, str, int], list[Any]] = {}
+        #: (budget_id, total_version) -> [split offset, split broker time]
+        self.versions: dict[tuple[str, str], list[int]] = {}
+        # org spend by (org, minute) of on-time events: [cost, tokens, requests, published]
         self.org_minutes: dict[tuple[str, int], list[Any]] = {}
         self._period_caches: dict[tuple[str, str, int], PeriodCache] = {}
         self._matcher: BudgetMatcher | None = None
         # per minute: scope key (joined string, or tuple) -> (pending sum it adds to, price
         # entries of its model, its minute's rates, row in windows[minute]); dropped with the
-        # window's rows when they are published
+        # window's rows when they are published. Late events of a closed minute use _late_accs.
         self._accs: dict[int, dict[Any, _KeyInfo]] = {}
-        # per minute: (org, id(matched budgets)) -> (matched budgets, pending sum). An event
-        # adds to one pending sum, not to each of its 4-8 accumulators; ``_fold`` adds the
-        # pending sums to the accumulators at the end of every batch
-        self._budget_accs: dict[int, dict[tuple[str, int], tuple[Any, list[Any]]]] = {}
-        # budget_id -> (first counted minute, period cache), rebuilt with the matcher
-        self._budget_info: dict[str, tuple[int, PeriodCache]] = {}
+        self._late_accs: dict[int, dict[Any, _KeyInfo]] = {}
+        # per minute: (org, id(matched budgets), on time) -> (matched budgets, pending sum). An
+        # event adds to one pending sum, not to each of its 4-8 accumulators; ``_fold`` adds
+        # the pending sums to the accumulators at the end of every batch
+        self._budget_accs: dict[int, dict[tuple[str, int, bool], tuple[Any, list[Any]]]] = {}
         self.sessions: dict[str, SessionState] = {}
-        self._next_session_sweep = 0  # event time of the next idle-session scan
-        # rollups: minute -> scope key -> counters; closed minutes hold the late additions
+        #: runaway alert ids already raised -> clock when raised (kept past session expiry)
+        self.runaway_alerted: dict[str, int] = {}
+        self._next_session_sweep = 0  # clock of the next idle-session scan
+        # rollups: minute -> scope key -> counters, open windows only
         self.windows: dict[int, dict[tuple[Any, ...], list[int]]] = {}
-        self.revisions: dict[int, int] = {}  # minute -> next revision once closed
+
+    # ------------------------------------------------------------------ budgets
+
+    def _sync_budgets(self, split: int, split_ts: int, out: Stage1Output) -> None:
+        """Pick up a changed budget view: new versions start counting at ``split``."""
+        matcher = self.budgets.matcher
+        if matcher is self._matcher:
+            return
+        self._matcher = matcher
+        self._accs = {}
+        self._late_accs = {}
+        self._budget_accs = {}
+        current = {(b.budget_id, b.total_version) for b in matcher.budgets}
+        for key in current:
+            if key not in self.versions:
+                self.versions[key] = [split, split_ts]
+                out.announces.append([key[0], key[1], split, split_ts])
+        for key in [k for k in self.versions if k not in current]:
+            del self.versions[key]
+        for pkey in [k for k in self.partials if (k[0], k[1]) not in current]:
+            del self.partials[pkey]
 
     # ------------------------------------------------------------------ the hot path
 
     def process(self, records: Sequence[Record]) -> Stage1Output:
         """Count a batch of records (one partition, offset order); see the module docstring."""
         out = Stage1Output()
+        applied = self.applied
+        if records and records[0].offset <= applied:  # a replay after a restore
+            skip = 0
+            while skip < len(records) and records[skip].offset <= applied:
+                skip += 1
+            out.skipped = skip
+            records = records[skip:]
+        now = self.now_ms()
+        if not records:
+            out.clock, out.seq = self.clock, self.seq
+            return out
+        stamps = [getattr(r, "timestamp", None) or now for r in records]
+        self._sync_budgets(records[0].offset, stamps[0], out)
         cfg = self.config
         targets_of = self._targets
-        now = self.now_ms()
-        max_t = now + ev_mod.MAX_FUTURE_MS
-        lateness = cfg.allowed_lateness_ms
-        wm = self.watermark
-        applied = self.applied
-        seen = self.seen
-        seen_add = seen.add
-        seen_by_minute = self.seen_by_minute
-        if self.budgets.matcher is not self._matcher:
-            self._matcher = self.budgets.matcher
-            self._accs = {}
-            self._budget_accs = {}
-            self._budget_info = {}
-        use_labels = self._matcher.uses_labels()
+        clock = self.clock
+        memory_from = cfg.dedup_memory_ms
+        close_after = cfg.close_after_ms
+        use_labels = self._matcher.uses_labels() if self._matcher else False
         windows = self.windows
         accs_by_minute = self._accs
+        late_by_minute = self._late_accs
         sessions = self.sessions
         rules = cfg.runaway
         growth_keep = rules.growth_turns + 1
@@ -226,23 +352,23 @@ class PartitionAggregator:
         max_turns = rules.max_turns or 1 << 62
         min_context = rules.growth_min_context if rules.growth_turns else 1 << 62
         dead = out.dead
-        if records and records[0].offset <= applied:  # a replay after a restore
-            skip = 0
-            while skip < len(records) and records[skip].offset <= applied:
-                skip += 1
-            out.skipped = skip
-            records = records[skip:]
-        last_offset = records[-1].offset if records else applied
+        late_rows = out.late_rows
+        partition = self.partition
         counted = 0
         cur_minute = -1
         window: dict[tuple[Any, ...], list[int]] = {}
-        accs: dict[tuple[Any, ...], _KeyInfo] = {}
-        ids: list[int] = []
+        accs: dict[Any, _KeyInfo] = {}
+        ids: list[bytes] = []
+        by_minute: dict[int, list[bytes]] = {}
+        claimed: dict[bytes, int] = {}
+        claimed_more: set[tuple[bytes, int]] = set()
         touched: list[list[Any]] = []  # pending sums added to in this batch
         alerts = out.alerts
-        columns = self._columns(records, use_labels)
+        columns, prior = self._columns(records, use_labels)
         for (
+            index,
             rec,
+            ts,
             eid,
             t,
             org,
@@ -266,27 +392,26 @@ class PartitionAggregator:
             status,
             labels,
             label_value,
+            idb,
             scope,
-        ) in zip(records, *columns, strict=True):
+        ) in zip(range(len(records)), records, stamps, *columns, strict=True):
+            if ts > clock:
+                clock = ts
             if eid is None:  # not decodable: ``t`` holds the reason
                 dead.append(DeadLetterOut(rec, "decode", t))
                 continue
-            try:
-                key64 = int(eid.replace("-", ""), 16) & _MASK63 if len(eid) == 36 else -1
-            except ValueError:
-                key64 = -1
             if not (
-                key64 >= 0
-                and _MIN_T <= t <= max_t
+                idb
+                and _MIN_T <= t <= ts + 600_000
                 and org.strip()
                 and team.strip()
                 and user.strip()
                 and client.strip()
                 and provider.strip()
                 and model.strip()
-                and (i_tok | cr | cw5 | cw1 | out_tok | reas) >= 0
+                and 0 <= (i_tok | cr | cw5 | cw1 | out_tok | reas) <= _MAX_TOKENS
                 and reas <= out_tok
-                and (reported is None or reported >= 0)
+                and (reported is None or 0 <= reported <= _MAX_COST)
                 and (turn is None or turn >= 1)
                 and project != ""
                 and session != ""
@@ -295,38 +420,47 @@ class PartitionAggregator:
                 # rare: the reasons come from the record decoded on its own, as a dict (the
                 # same values: tests/unit/test_serde_columnar.py)
                 try:
-                    found = ev_mod.problems(self.decode(rec.value), now)
+                    found = ev_mod.problems(self.decode(rec.value), ts)
                 except DecodeError as exc:  # not expected: the batch decoder read it
                     dead.append(DeadLetterOut(rec, "decode", exc.reason))
                     continue
                 if found:
                     dead.append(DeadLetterOut(rec, "invalid", "; ".join(found)))
                     continue
-                key64 = uuid_int64(eid)
-            if t < wm - lateness:
-                dead.append(
-                    DeadLetterOut(
-                        rec,
-                        "late",
-                        f"event_time {t} is {wm - t} ms behind the partition watermark {wm}"
-                        f" (allowed lateness {lateness} ms)",
-                    )
-                )
+                if not idb:  # a valid spelling other than 8-4-4-4-12 hex
+                    idb = id_bytes(eid)
+                    prior[index] = self.memory.contains(
+                        np.array([idb], dtype=ID_DTYPE), np.array([t // HOUR_MS])
+                    )[0]
+            if t < clock - memory_from:
+                # older than the ids kept in memory: the worker asks ClickHouse (``resolve``)
+                self.deferred[rec.offset] = [rec.offset, ts, rec.key, rec.value]
+                out.lookups.append(Lookup(partition, rec.offset, eid, t, org))
                 continue
-            if key64 in seen:
+            hour = t // HOUR_MS
+            if prior[index]:
                 out.duplicates += 1
                 continue
-            seen_add(key64)
-            if t > wm:
-                wm = t
+            seen_hour = claimed.get(idb)
+            if seen_hour is not None:
+                if seen_hour == hour or (idb, hour) in claimed_more:
+                    out.duplicates += 1
+                    continue
+                claimed_more.add((idb, hour))
             minute = t - t % MINUTE_MS
-            if minute != cur_minute:
-                cur_minute = minute
-                ids = seen_by_minute.setdefault(minute, [])
-                window = windows.setdefault(minute, {})
-                accs = accs_by_minute.setdefault(minute, {})
-            ids.append(key64)
-            info = accs.get(scope)
+            on_time = minute + close_after > clock
+            if on_time:
+                if minute != cur_minute:
+                    cur_minute = minute
+                    window = windows.setdefault(minute, {})
+                    accs = accs_by_minute.setdefault(minute, {})
+                    ids = by_minute.setdefault(minute, [])
+                info = accs.get(scope)
+                id_list = ids
+            else:
+                info = late_by_minute.setdefault(minute, {}).get(scope)
+                id_list = by_minute.setdefault(minute, [])
+            prompt = i_tok + cr + cw5 + cw1
             if info is None:
                 if label_value is not None:  # one label, name and value apart (_scope_labels)
                     labels = ((labels, label_value),)
@@ -344,13 +478,17 @@ class PartitionAggregator:
                     )
                 else:
                     key = (org, team, user, project, model, client, task, provider)
-                row = window.get(key)
-                if row is None:
-                    row = window[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-                info = accs[scope] = (*targets_of(key, minute), row)
-            else:
-                row = info[3]
-            prompt = i_tok + cr + cw5 + cw1
+                if on_time:
+                    row = window.get(key)
+                    if row is None:
+                        row = window[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+                    info = accs[scope] = (*targets_of(key, minute, True), row)
+                else:
+                    info = late_by_minute[minute][scope] = (
+                        *targets_of(key, minute, False),
+                        None,
+                        key,
+                    )
             if reported is not None:
                 cost = reported
             elif (rates := info[2]) is not None:
@@ -383,6 +521,23 @@ class PartitionAggregator:
                         + reas * priced.reasoning
                         + _HALF_M
                     ) // 1_000_000
+            if cost > _MAX_COST:
+                dead.append(
+                    DeadLetterOut(
+                        rec,
+                        "invalid",
+                        f"priced cost {cost} nano-USD is above the bound of {_MAX_COST:,} "
+                        "($10,000) per request",
+                    )
+                )
+                continue
+            if seen_hour is None:
+                claimed[idb] = hour
+            id_list.append(idb)
+            row = info[3]
+            if row is None:  # late for its window: a rollup row of its own
+                row = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+                late_rows.append((minute, info[4], row, rec.offset))
             row[0] += 1
             if status != "ok":
                 row[1] += 1
@@ -408,9 +563,10 @@ class PartitionAggregator:
                 pending[5] = counted
             counted += 1
             if session is not None:
-                state = sessions.get(session)
+                skey = f"{org}\x1f{session}"
+                state = sessions.get(skey)
                 if state is None:
-                    state = sessions[session] = SessionState(org, team, user)
+                    state = sessions[skey] = SessionState(org, team, user)
                 state.cost += cost
                 state.turns += 1
                 if t > state.last_time:
@@ -421,54 +577,248 @@ class PartitionAggregator:
                 if len(recent) > growth_keep:
                     del recent[0]
                 if state.cost > max_cost or state.turns > max_turns or context >= min_context:
-                    for reason in runaway_reasons(state, rules):
-                        state.alerted.append(reason)
-                        alerts.append(self._runaway_alert(session, state, reason, eid, t, now))
+                    self._check_runaway(session, state, eid, t, now, clock, alerts)
         out.counted = counted
-        self.watermark = wm
-        self.applied = last_offset
+        self.clock = clock
+        self.applied = records[-1].offset
+        for minute, minute_ids in by_minute.items():
+            self.memory.add(minute, minute_ids)
         _fold(touched)
-        self._emit_partials(out)
-        self._expire(out)
+        self._finish(out)
         return out
 
-    def _columns(self, records: Sequence[Record], use_labels: bool) -> Sequence[Sequence[Any]]:
-        """The records' fields as columns (EVENT_FIELDS order), decoded as one block when the
-        batch is big enough to pay for it, else record by record. A record that does not
-        decode has event_id None and the reason in event_time's place."""
+    # ------------------------------------------------------------------ slow paths
+
+    def resolve(self, answers: Mapping[int, bool]) -> Stage1Output:
+        """Count the deferred events whose lookup was answered: True when the sink inserted
+        exactly that record (partition, offset), False when it dropped it as a duplicate."""
+        out = Stage1Output()
+        now = self.now_ms()
+        for offset in sorted(answers):
+            item = self.deferred.pop(offset, None)
+            if item is None:
+                continue
+            if answers[offset]:
+                self._count_old(item, out, now)
+            else:
+                out.duplicates += 1
+        self._finish(out)
+        return out
+
+    def _count_old(self, item: list[Any], out: Stage1Output, now: int) -> None:
+        """One event older than the memory window, known not to be a duplicate: its budget
+        periods still held, a late rollup row, its session's cost and turns."""
+        offset, ts, key_bytes, value = item
+        event = self.decode(value)
+        price = self.catalog.price(event)
+        if price.cost_nanos > _MAX_COST:
+            record = _Raw(offset, key_bytes, value, ts)
+            reason = f"priced cost {price.cost_nanos} nano-USD is above the bound of {_MAX_COST:,}"
+            out.dead.append(DeadLetterOut(record, "invalid", reason))
+            return
+        cost = price.cost_nanos
+        t = event["event_time"]
+        labels = label_key(event.get("labels"))
+        use_labels = self._matcher.uses_labels() if self._matcher else False
+        dims = tuple(event[f] for f in KEY_FIELDS)
+        key = (*dims, labels) if use_labels and labels else dims
+        tokens = sum(event[f] for f in ev_mod.TOKEN_FIELDS) - event["reasoning_tokens"]
+        matcher = self._matcher or self.budgets.matcher
+        cfg = self.config
+        for budget in matcher.match_signature(key[:7], dict(labels) if labels else None):
+            version = self.versions.get((budget.budget_id, budget.total_version))
+            if version is None:
+                continue
+            period = self._period_cache(budget).of(t)
+            if period.end + cfg.hold_ms <= ts or (
+                period.end + cfg.hold_ms + cfg.hold_margin_ms <= self.clock
+            ):
+                continue  # no longer held
+            pkey = (budget.budget_id, budget.total_version, period.start)
+            acc = self.partials.get(pkey)
+            if acc is None:
+                acc = self.partials[pkey] = [0, 0, 0, None, 0, period.end, 0, *version]
+            acc[0] += cost
+            acc[1] += tokens
+            acc[2] += 1
+            if t >= acc[4]:
+                acc[3], acc[4] = event["event_id"], t
+        row = [1, int(event["status"] != "ok"), int(price.source == "unpriced")]
+        row += [event[f] for f in ev_mod.TOKEN_FIELDS] + [cost]
+        out.late_rows.append((t - t % MINUTE_MS, key, row, offset))
+        session = event.get("session_id")
+        if session is not None:
+            org = event["org_id"]
+            skey = f"{org}\x1f{session}"
+            state = self.sessions.get(skey)
+            if state is None:
+                state = self.sessions[skey] = SessionState(org, event["team_id"], event["user_id"])
+            state.cost += cost
+            state.turns += 1
+            state.last_time = max(state.last_time, t)
+            self._check_runaway(session, state, event["event_id"], t, now, self.clock, out.alerts)
+        out.counted += 1
+
+    def tick(self, now: int, caught_up: bool) -> Stage1Output:
+        """Between batches: pick up budget changes, and when the partition has no records to
+        read (``caught_up``), move its clock to ``now - idle_timeout`` (records appended later
+        get broker times after that), so that its windows close and it holds nothing back."""
+        out = Stage1Output()
+        self._sync_budgets(self.applied + 1, now, out)
+        if caught_up:
+            idle_clock = now - self.config.idle_timeout_ms
+            if idle_clock > self.clock:
+                self.clock = idle_clock
+        self._finish(out)
+        return out
+
+    # ------------------------------------------------------------------ batch end
+
+    def _finish(self, out: Stage1Output) -> None:
+        """Publish what changed, then close and expire by the clock."""
+        for (budget_id, version, start), acc in self.partials.items():
+            if acc[2] == acc[6]:
+                continue
+            acc[6] = acc[2]
+            out.budget_partials.append(
+                [
+                    budget_id,
+                    version,
+                    start,
+                    acc[5],
+                    saturate(acc[0]),
+                    saturate(acc[1]),
+                    acc[2],
+                    acc[3],
+                    acc[4],
+                    acc[7],
+                    acc[8],
+                ]
+            )
+        for (org, minute), acc in self.org_minutes.items():
+            if acc[2] == acc[5]:
+                continue
+            acc[5] = acc[2]
+            out.org_partials.append([org, minute, saturate(acc[0]), saturate(acc[1]), acc[2]])
+        self._expire(out)
+        self.seq += 1
+        out.seq = self.seq
+        out.clock = self.clock
+
+    def _check_runaway(
+        self,
+        session: str,
+        state: SessionState,
+        event_id: str,
+        event_time: int,
+        now: int,
+        clock: int,
+        alerts: list[dict[str, Any]],
+    ) -> None:
+        for reason in runaway_reasons(state, self.config.runaway):
+            state.alerted.append(reason)
+            aid = runaway_alert_id(state.org_id, session, reason)
+            if aid in self.runaway_alerted:  # raised before this session state expired
+                continue
+            self.runaway_alerted[aid] = clock
+            alerts.append(
+                self._runaway_alert(aid, session, state, reason, event_id, event_time, now)
+            )
+
+    def _expire(self, out: Stage1Output) -> None:
+        cfg = self.config
+        clock = self.clock
+        recent_from = clock - cfg.dedup_memory_ms - MINUTE_MS
+        self.memory.expire(recent_from - recent_from % MINUTE_MS)
+        # rollup windows whose minute + lateness has passed: final, published once
+        closed_up_to = clock - cfg.close_after_ms
+        for minute in sorted(self.windows):
+            if minute > closed_up_to:
+                break
+            rows = self.windows.pop(minute)
+            if rows:
+                out.rollup_windows.append((self.partition, minute, rows))
+            self._accs.pop(minute, None)
+        for okey in [k for k in self.org_minutes if k[1] <= closed_up_to]:
+            del self.org_minutes[okey]
+        for minute in [m for m in self._late_accs if m < recent_from]:
+            del self._late_accs[minute]
+        for minute in [m for m in self._budget_accs if m < recent_from]:
+            del self._budget_accs[minute]
+        # budget periods no longer held (the margin covers lookups still in flight)
+        gone = clock - cfg.hold_ms - cfg.hold_margin_ms
+        for pkey in [k for k, acc in self.partials.items() if acc[_ACC_END] <= gone]:
+            del self.partials[pkey]
+        if clock >= self._next_session_sweep:  # a scan of every session: once a minute
+            self._next_session_sweep = clock + MINUTE_MS
+            idle = clock - cfg.session_idle_ms
+            for sid in [s for s, st in self.sessions.items() if st.last_time < idle]:
+                del self.sessions[sid]
+            keep = clock - 7 * 86_400_000
+            for aid in [a for a, at in self.runaway_alerted.items() if at < keep]:
+                del self.runaway_alerted[aid]
+
+    # ------------------------------------------------------------------ decoding
+
+    def _columns(
+        self, records: Sequence[Record], use_labels: bool
+    ) -> tuple[Sequence[Sequence[Any]], list[bool]]:
+        """The records' fields as columns (EVENT_FIELDS order, then the label value, the id's
+        16 bytes and the scope key), decoded as one block when the batch is big enough to pay
+        for it, else record by record; and whether each id is among those kept in memory. A
+        record that does not decode has event_id None and the reason in event_time's place."""
         columnar = self.columnar
-        if columnar is None or len(records) < COLUMNAR_MIN_BATCH:
-            return self._decoded_one_by_one(records, range(len(records)))
-        header = columnar.message_header
-        size = len(header)
-        picked: list[int] = []
-        bodies: list[bytes] = []
-        for index, rec in enumerate(records):
-            value = rec.value
-            if value is not None and value[:size] == header:
-                picked.append(index)
-                bodies.append(value[size:])
-        frame = columnar.decode(bodies) if len(bodies) >= COLUMNAR_MIN_BATCH else None
+        frame = None
+        if columnar is not None and len(records) >= COLUMNAR_MIN_BATCH:
+            header = columnar.message_header
+            size = len(header)
+            picked: list[int] = []
+            bodies: list[bytes] = []
+            for index, rec in enumerate(records):
+                value = rec.value
+                if value is not None and value[:size] == header:
+                    picked.append(index)
+                    bodies.append(value[size:])
+            if len(bodies) >= COLUMNAR_MIN_BATCH:
+                frame = columnar.decode(bodies)
         if frame is None:
-            return self._decoded_one_by_one(records, range(len(records)))
-        lists = _arrow_lists(frame.get_column("labels")) if use_labels else None
-        names, values = _label_columns(lists, frame.height)
-        columns = [
-            frame.get_column(name).to_list() if name != "labels" else names for name in EVENT_FIELDS
-        ]
-        columns.append(values)
-        columns.append(_scope_strings(frame, lists) or _scope_tuples(columns, use_labels))
-        if len(picked) == len(records):
-            return columns
-        # a few records in another framing or version: merge them in by position
-        rows: list[tuple[Any, ...]] = [()] * len(records)
-        for index, row in zip(picked, zip(*columns, strict=True), strict=True):
-            rows[index] = row
-        others = [i for i, row in enumerate(rows) if not row]
-        decoded = zip(*self._decoded_one_by_one(records, others), strict=True)
-        for index, row in zip(others, decoded, strict=True):
-            rows[index] = row
-        return list(zip(*rows, strict=True))
+            columns = list(self._decoded_one_by_one(records, range(len(records))))
+            id_series = pl.Series(columns[0], dtype=pl.String)
+            times = pl.Series([t if isinstance(t, int) else 0 for t in columns[1]], dtype=pl.Int64)
+        else:
+            lists = _arrow_lists(frame.get_column("labels")) if use_labels else None
+            names, values = _label_columns(lists, frame.height)
+            columns = [
+                frame.get_column(name).to_list() if name != "labels" else names
+                for name in EVENT_FIELDS
+            ]
+            columns.append(values)
+            columns.append(_scope_strings(frame, lists) or _scope_tuples(columns, use_labels))
+            if len(picked) != len(records):
+                # a few records in another framing or version: merge them in by position
+                rows: list[tuple[Any, ...]] = [()] * len(records)
+                for index, row in zip(picked, zip(*columns, strict=True), strict=True):
+                    rows[index] = row
+                others = [i for i, row in enumerate(rows) if not row]
+                decoded = zip(*self._decoded_one_by_one(records, others), strict=True)
+                for index, row in zip(others, decoded, strict=True):
+                    rows[index] = row
+                columns = [list(c) for c in zip(*rows, strict=True)]
+                id_series = pl.Series(columns[0], dtype=pl.String)
+                times = pl.Series(
+                    [t if isinstance(t, int) else 0 for t in columns[1]], dtype=pl.Int64
+                )
+            else:
+                id_series = frame.get_column("event_id")
+                times = frame.get_column("event_time")
+        ids, valid = _id_array(id_series)
+        hours = times.to_numpy() // HOUR_MS
+        prior = self.memory.contains(ids, hours).tolist()
+        id_list: list[bytes | None] = ids.tolist()
+        if not valid.all():
+            id_list = [b if ok else None for b, ok in zip(id_list, valid.tolist(), strict=True)]
+        columns.insert(len(EVENT_FIELDS) + 1, id_list)
+        return columns, prior
 
     def _decoded_one_by_one(
         self, records: Sequence[Record], indices: Sequence[int]
@@ -483,10 +833,12 @@ class PartitionAggregator:
                 rows.append((None, exc.reason, *_NOTHING))
         if not rows:
             return [[] for _ in range(len(EVENT_FIELDS) + 2)]
-        columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
+        columns: list[Sequence[Any]] = [list(c) for c in zip(*rows, strict=True)]
         labelled = self._matcher is not None and self._matcher.uses_labels()
         columns.append(_scope_tuples(columns, labelled))
         return columns
+
+    # ------------------------------------------------------------------ lookups of the hot path
 
     def _period_cache(self, budget: Budget) -> PeriodCache:
         key = (budget.period, budget.timezone, budget.window_ms)
@@ -495,10 +847,10 @@ class PartitionAggregator:
             cache = self._period_caches[key] = PeriodCache(*key)
         return cache
 
-    def _targets(self, key: tuple[Any, ...], minute: int) -> _Targets:
-        """The pending sum an event with scope ``key`` in ``minute`` adds to (for its org's
-        and its budgets' accumulators), and the price entries of its (provider, model), newest
-        first."""
+    def _targets(self, key: tuple[Any, ...], minute: int, on_time: bool) -> _Targets:
+        """The pending sum an event with scope ``key`` in ``minute`` adds to (for its budgets'
+        accumulators, and its org's spend of the minute when on time), and the price entries
+        of its (provider, model), newest first."""
         labels = dict(key[8]) if len(key) > 8 else None
         matcher = self._matcher or self.budgets.matcher
         matched = matcher.match_signature(key[:7], labels)
@@ -507,14 +859,17 @@ class PartitionAggregator:
         if by_matched is None:
             by_matched = self._budget_accs[minute] = {}
         org = key[0]
-        cached = by_matched.get((org, id(matched)))
+        cache_key = (org, id(matched), on_time)
+        cached = by_matched.get(cache_key)
         if cached is None or cached[0] is not matched:
-            okey = (org, minute)
-            org_acc = self.org_minutes.get(okey)
-            if org_acc is None:
-                org_acc = self.org_minutes[okey] = [0, 0, 0, None, 0, minute + MINUTE_MS, 0]
-            accs = (org_acc, *self._budget_targets(matched, minute))
-            cached = by_matched[(org, id(matched))] = (matched, [0, 0, 0, None, -1, -1, accs])
+            accs: tuple[list[Any], ...] = self._budget_targets(matched, minute)
+            if on_time:
+                okey = (org, minute)
+                org_acc = self.org_minutes.get(okey)
+                if org_acc is None:
+                    org_acc = self.org_minutes[okey] = [0, 0, 0, None, 0, 0]
+                accs = (org_acc, *accs)
+            cached = by_matched[cache_key] = (matched, [0, 0, 0, None, -1, -1, accs])
         prices = self.catalog._resolve(key[7], key[4])
         fixed: _Rates | None = None
         if prices and prices[0].effective_from_ms <= minute and not prices[0].tiers:
@@ -531,49 +886,29 @@ class PartitionAggregator:
 
     def _budget_targets(self, matched: Sequence[Budget], minute: int) -> tuple[list[Any], ...]:
         found: list[list[Any]] = []
-        info = self._budget_info
         for budget in matched:
-            known = info.get(budget.budget_id)
-            if known is None:
-                known = info[budget.budget_id] = (budget.counting_from, self._period_cache(budget))
-            if minute < known[0]:
-                continue  # counted by the ClickHouse baseline taken at creation
-            period = known[1].of(minute)
-            pkey = (budget.budget_id, period.start)
+            version = self.versions.get((budget.budget_id, budget.total_version))
+            if version is None:  # not synced (cannot happen within a batch)
+                continue
+            period = self._period_cache(budget).of(minute)
+            pkey = (budget.budget_id, budget.total_version, period.start)
             acc = self.partials.get(pkey)
             if acc is None:
-                acc = self.partials[pkey] = [0, 0, 0, None, 0, period.end, 0]
+                acc = self.partials[pkey] = [0, 0, 0, None, 0, period.end, 0, *version]
             found.append(acc)
         return tuple(found)
-
-    def _emit_partials(self, out: Stage1Output) -> None:
-        """Cumulative partials of every accumulator changed since it was last published."""
-        for kind, table in (("b", self.partials), ("o", self.org_minutes)):
-            for (ident, start), acc in table.items():
-                if acc[2] == acc[6]:
-                    continue
-                acc[6] = acc[2]
-                out.partials.append(
-                    {
-                        "k": kind,
-                        "id": ident,
-                        "s": start,
-                        "e": acc[5],
-                        "p": self.partition,
-                        "q": self.applied,
-                        "c": acc[0],
-                        "t": acc[1],
-                        "n": acc[2],
-                        "ei": acc[3],
-                        "et": acc[4],
-                        "wm": self.watermark,
-                    }
-                )
 
     # ------------------------------------------------------------------ sessions
 
     def _runaway_alert(
-        self, sid: str, state: SessionState, reason: str, event_id: str, event_time: int, now: int
+        self,
+        aid: str,
+        sid: str,
+        state: SessionState,
+        reason: str,
+        event_id: str,
+        event_time: int,
+        now: int,
     ) -> dict[str, Any]:
         rules = self.config.runaway
         if reason == "cost":
@@ -594,10 +929,10 @@ class PartitionAggregator:
             unit, spent, limit = "usd_nanos", state.cost, None
         return make_alert(
             "runaway_session",
-            runaway_alert_id(sid, reason),
+            aid,
             now,
             text,
-            spent,
+            saturate(spent),
             severity="critical",
             org_id=state.org_id,
             team_id=state.team_id,
@@ -617,96 +952,94 @@ class PartitionAggregator:
             },
         )
 
-    # ------------------------------------------------------------------ expiry and rollups
-
-    def _expire(self, out: Stage1Output) -> None:
-        cfg = self.config
-        wm = self.watermark
-        horizon = wm - cfg.allowed_lateness_ms
-        for minute in [m for m in self.seen_by_minute if m + MINUTE_MS <= horizon]:
-            self.seen.difference_update(self.seen_by_minute.pop(minute))
-            self.saved_ids.pop(minute, None)
-        for minute in [m for m in self._accs if m + MINUTE_MS <= horizon]:
-            del self._accs[minute]
-        for minute in [m for m in self._budget_accs if m + MINUTE_MS <= horizon]:
-            del self._budget_accs[minute]
-        # rollups: close windows once the watermark passes their end + grace; late additions
-        # within the allowed lateness are published as further revisions
-        for minute in sorted(self.windows):
-            end = minute + MINUTE_MS
-            if end + cfg.rollup_grace_ms > wm:
-                break
-            rows = self.windows[minute]
-            if rows:
-                revision = self.revisions.get(minute, 0)
-                out.rollup_windows.append((self.partition, minute, rows, revision))
-                self.revisions[minute] = revision + 1
-                self.windows[minute] = {}
-                self._accs.pop(minute, None)  # they point at the rows just published
-            if end <= horizon:
-                del self.windows[minute]
-                self.revisions.pop(minute, None)
-        # budget partials of periods that can no longer change
-        for pkey in [k for k, acc in self.partials.items() if acc[5] <= horizon]:
-            del self.partials[pkey]
-        keep_from = horizon - self.config.spike_keep_minutes * MINUTE_MS
-        for okey in [k for k in self.org_minutes if k[1] < keep_from]:
-            del self.org_minutes[okey]
-        if wm >= self._next_session_sweep:  # a scan of every session: once a minute
-            self._next_session_sweep = wm + MINUTE_MS
-            idle = wm - cfg.session_idle_ms
-            for sid in [s for s, st in self.sessions.items() if st.last_time < idle]:
-                del self.sessions[sid]
-
     # ------------------------------------------------------------------ state
 
+    @property
+    def memory_horizon(self) -> int:
+        """Checkpointed id chunks of minutes before this are no longer needed."""
+        return self.clock - self.config.dedup_memory_ms - 2 * MINUTE_MS
+
     def take_new_ids(self) -> list[list[Any]]:
-        """Ids counted since the last call, as [[minute, packed int64 ids], ...]."""
-        chunk = []
-        for minute, ids in self.seen_by_minute.items():
-            saved = self.saved_ids.get(minute, 0)
-            if len(ids) > saved:
-                chunk.append([minute, array.array("q", ids[saved:]).tobytes()])
-                self.saved_ids[minute] = len(ids)
-        return chunk
+        """Ids counted since the last call, as [[minute, packed 16-byte ids], ...]."""
+        return self.memory.take_unsaved()
 
     def load_ids(self, chunk: Sequence[Sequence[Any]]) -> None:
-        horizon = self.watermark - self.config.allowed_lateness_ms
-        for minute, packed in chunk:
-            if minute + MINUTE_MS <= horizon:
-                continue
-            ids = array.array("q")
-            ids.frombytes(packed)
-            self.seen.update(ids)
-            self.seen_by_minute.setdefault(minute, []).extend(ids)
-            self.saved_ids[minute] = len(self.seen_by_minute[minute])
+        self.memory.load(chunk, self.memory_horizon)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything but the dedup ids (written apart, incrementally), as msgpack-able data."""
         return {
             "applied": self.applied,
-            "wm": self.watermark,
-            "partials": [[k[0], k[1], *v] for k, v in self.partials.items()],
+            "clock": self.clock,
+            "seq": self.seq,
+            "deferred": list(self.deferred.values()),
+            "partials": [[*k, *v] for k, v in self.partials.items()],
+            "versions": [[*k, *v] for k, v in self.versions.items()],
             "orgs": [[k[0], k[1], *v] for k, v in self.org_minutes.items()],
             "sessions": {sid: st.to_list() for sid, st in self.sessions.items()},
+            "runaway_alerted": self.runaway_alerted,
             # msgpack writes tuple keys as arrays; restore() turns them back into tuples
             "windows": [[minute, list(rows.items())] for minute, rows in self.windows.items()],
-            "revisions": [[m, r] for m, r in self.revisions.items()],
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.applied = int(state["applied"])
-        self.watermark = int(state["wm"])
-        self.partials = {(p[0], p[1]): list(p[2:]) for p in state["partials"]}
+        self.clock = int(state["clock"])
+        self.seq = int(state["seq"])
+        self.deferred = {int(d[0]): list(d) for d in state["deferred"]}
+        self.partials = {(p[0], p[1], p[2]): list(p[3:]) for p in state["partials"]}
+        self.versions = {(v[0], v[1]): list(v[2:]) for v in state["versions"]}
         self.org_minutes = {(o[0], o[1]): list(o[2:]) for o in state["orgs"]}
         self.sessions = {s: SessionState.from_list(v) for s, v in state["sessions"].items()}
+        self.runaway_alerted = dict(state["runaway_alerted"])
         self.windows = {
             minute: {_key_from_plain(d): list(c) for d, c in rows}
             for minute, rows in state["windows"]
         }
-        self.revisions = {m: r for m, r in state["revisions"]}
+        self.memory = DedupMemory()
+        self._matcher = None
         self._accs = {}
+        self._late_accs = {}
         self._budget_accs = {}
+
+    def pending_lookups(self) -> list[Lookup]:
+        """Lookups of the deferred events (after a restore, the worker asks again)."""
+        found = []
+        for offset, _, _, value in self.deferred.values():
+            event = self.decode(value)
+            found.append(
+                Lookup(
+                    self.partition, offset, event["event_id"], event["event_time"], event["org_id"]
+                )
+            )
+        return found
+
+
+@dataclasses.dataclass
+class _Raw:
+    """A record rebuilt from a deferred event, for its dead letter."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int | None = None
+
+
+def _id_array(ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Event ids (text) as 16-byte values (numpy S16) and whether each one is a UUID: hex
+    digits with dashes anywhere (what uuid.UUID accepts, braces and urn: aside)."""
+    binary = ids.str.replace_all("-", "", literal=True).str.decode("hex", strict=False)
+    arrow = binary.to_arrow()
+    if isinstance(arrow, pa.ChunkedArray):
+        arrow = arrow.combine_chunks()
+    valid_arrow = pc.fill_null(pc.equal(pc.binary_length(arrow), 16), False)
+    valid = valid_arrow.to_numpy(zero_copy_only=False)
+    if not valid.all():
+        arrow = pc.if_else(valid_arrow, arrow, pa.scalar(b"\x00" * 16, arrow.type))
+    fixed = arrow.cast(pa.binary(16))
+    buffer = fixed.buffers()[1]
+    array = np.frombuffer(buffer, dtype=ID_DTYPE, count=len(fixed), offset=fixed.offset * 16)
+    return array, valid
 
 
 def _fold(touched: list[list[Any]]) -> None:

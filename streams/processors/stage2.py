@@ -1,21 +1,31 @@
 """Stage 2: exact totals per budget period from per-partition partials; alerts and blocks.
 
-Input messages (from stage 1, keyed by budget id or org) carry CUMULATIVE partial sums of one
-source partition for one bucket, with the source offset as a sequence number. Stage 2 keeps
-the partial with the highest sequence per source partition and sums them, so replays and
-duplicates of partial messages change nothing, and totals stay exact whichever worker owns
-which events partition. Thresholds fire once per (budget, period, threshold): the id is
-deterministic and emitted ids are remembered in the checkpointed state.
+Input packs (from stage 1, one per source partition and batch, see ``pack_partials``) carry
+CUMULATIVE partial sums of one source partition, a sequence number, the partition's clock,
+and split announcements. Stage 2 keeps the partial with the highest sequence per source
+partition and sums them, so replays and duplicated packs change nothing, and totals stay
+exact whichever worker owns which events partition. A budget version's total is
+
+    sum over source partitions p of (stream partial of p + baseline of p),
+
+where the baseline is what ClickHouse holds of the scope at offsets before the version's
+split on p (read once the sink has committed past it; requested as ``BaselineRequest``).
+Thresholds fire once per (budget, definition version, period, threshold), with deterministic
+ids remembered in the checkpointed state; rolling windows are evaluated at every bucket end
+their buckets touch, so no batch size can step over a crossing. ``tick`` (a timer) picks up
+budget changes and lifts blocks when a period or a rolling window no longer exceeds its limit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from streams.budgets import Budget
+from streams.events import MAX_FUTURE_MS
 from streams.processors.alerts import (
     forecast_alert_id,
     format_amount,
@@ -25,25 +35,27 @@ from streams.processors.alerts import (
     threshold_alert_id,
 )
 from streams.processors.detectors import SpikeRules, crossed, forecast_breach, percent, spike_ratio
-from streams.processors.periods import MINUTE_MS, rolling_bucket_ms
-
-#: baselines key of a rolling budget whose per-bucket baseline has been read (no bucket
-#: starts at -1: event times are after 2020)
-ROLLING_LOADED = -1
+from streams.processors.periods import MINUTE_MS, PeriodCache, rolling_bucket_ms
 
 
 @dataclasses.dataclass(frozen=True)
 class BaselineRequest:
-    """Spend already in ClickHouse that a budget created mid-period starts from.
-
-    ``[start, until)`` in one total (calendar periods, ``bucket_ms`` 0) or per bucket of
-    ``bucket_ms`` (rolling windows: the baseline slides out of the window bucket by bucket).
-    """
+    """What ClickHouse holds of a budget version's scope on one source partition before the
+    version's split: in [start, until), one total (calendar periods, ``bucket_ms`` 0) or per
+    bucket of ``bucket_ms`` (rolling windows). Read once the sink has committed past
+    ``split`` on ``partition``."""
 
     budget: Budget
+    partition: int
+    split: int
     start: int
     until: int
     bucket_ms: int = 0
+
+    @property
+    def key(self) -> tuple[str, str, int, int, int]:
+        budget = self.budget
+        return (budget.budget_id, budget.total_version, self.partition, self.split, self.start)
 
 
 class BudgetLookup(Protocol):
@@ -52,9 +64,18 @@ class BudgetLookup(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Stage2Config:
+    #: events partitions: a total is known once every one of them announced its split
+    partitions: int = 1
     forecast_min_elapsed_pct: int = 10
     spike: SpikeRules = dataclasses.field(default_factory=SpikeRules)
-    keep_periods_ms: int = 40 * 86_400_000  # forget finished buckets this long after their end
+    #: a minute's org spend is final once every source clock has passed minute + this
+    #: (stage 1's window close: 1 minute + allowed lateness + grace)
+    close_after_ms: int = MINUTE_MS + 5 * 60_000 + 5_000
+    #: periods are held this long after they end (the dedup horizon), plus a margin
+    hold_ms: int = 24 * 3_600_000
+    hold_margin_ms: int = 3_600_000
+    #: baselines are read from ClickHouse (off: every total starts at the split from zero)
+    baselines: bool = True
 
 
 @dataclasses.dataclass
@@ -62,6 +83,7 @@ class Stage2Output:
     alerts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     #: (budget_id, value) for the compacted enforcement topic; value None unblocks
     enforcement: list[tuple[str, bytes | None]] = dataclasses.field(default_factory=list)
+    baselines: list[BaselineRequest] = dataclasses.field(default_factory=list)
 
 
 class Bucket:
@@ -71,20 +93,20 @@ class Bucket:
 
     def __init__(self, end: int) -> None:
         self.end = end
-        self.parts: dict[int, list[int]] = {}  # partition -> [seq, cost, tokens, requests]
+        #: partition -> [seq, cost, tokens, requests, split, split_ts]
+        self.parts: dict[int, list[int]] = {}
         self.last_id: str | None = None
         self.last_t = 0
 
-    def update(self, msg: Mapping[str, Any]) -> bool:
-        partition = msg["p"]
-        seq = msg["q"]
+    def update(
+        self, partition: int, seq: int, values: Sequence[Any], last: tuple[Any, int] | None
+    ) -> bool:
         have = self.parts.get(partition)
         if have is not None and have[0] >= seq:
             return False
-        self.parts[partition] = [seq, msg["c"], msg["t"], msg["n"]]
-        if msg["et"] >= self.last_t and msg["ei"] is not None:
-            self.last_t = msg["et"]
-            self.last_id = msg["ei"]
+        self.parts[partition] = [seq, *values]
+        if last is not None and last[0] is not None and last[1] >= self.last_t:
+            self.last_id, self.last_t = last
         return True
 
     def total(self, index: int) -> int:
@@ -109,6 +131,7 @@ def enforcement_value(
         {
             "v": 1,
             "budget_id": budget.budget_id,
+            "definition_version": budget.definition_version,
             "scope": budget.scope,
             "blocked": blocked,
             "since": now,
@@ -120,6 +143,50 @@ def enforcement_value(
         },
         sort_keys=True,
     ).encode()
+
+
+def pack_target(ident: str, partitions: int) -> int:
+    """The partials partition of a budget id or org: all its partials meet there."""
+    return zlib.crc32(ident.encode()) % partitions
+
+
+def pack_partials(
+    partition: int,
+    seq: int,
+    clock: int,
+    budget_partials: Sequence[list[Any]],
+    org_partials: Sequence[list[Any]],
+    announces: Sequence[list[Any]],
+    partitions: int,
+    everywhere: bool = False,
+) -> dict[int, dict[str, Any]]:
+    """Stage 1's output as one pack per stage-2 partition (``everywhere``: a pack, if only
+    with the clock, for every partition, so that each knows every source's clock)."""
+    packs: dict[int, dict[str, Any]] = {}
+
+    def pack(target: int) -> dict[str, Any]:
+        found = packs.get(target)
+        if found is None:
+            found = packs[target] = {
+                "p": partition,
+                "q": seq,
+                "ck": clock,
+                "b": [],
+                "o": [],
+                "s": [],
+            }
+        return found
+
+    for item in budget_partials:
+        pack(pack_target(item[0], partitions))["b"].append(item)
+    for item in org_partials:
+        pack(pack_target(item[0], partitions))["o"].append(item)
+    for item in announces:
+        pack(pack_target(item[0], partitions))["s"].append(item)
+    if everywhere:
+        for target in range(partitions):
+            pack(target)
+    return packs
 
 
 class BudgetTotals:
@@ -137,153 +204,251 @@ class BudgetTotals:
         self.config = config or Stage2Config()
         self.now_ms = now_ms or wall
         self.applied = -1
-        self.watermark = 0
-        #: event-time watermark of each source partition; spikes are judged on the lowest so
-        #: that a minute is complete in every partition before it is compared
-        self.source_wm: dict[int, int] = {}
-        self.buckets: dict[tuple[str, int], Bucket] = {}
+        #: broker clock of each source partition, as its stage 1 last reported it
+        self.source_clock: dict[int, int] = {}
+        #: (budget_id, total_version) -> partition -> [seq, split, split_ts]
+        self.versions: dict[tuple[str, str], dict[int, list[int]]] = {}
+        #: (budget_id, total_version, period or bucket start) -> Bucket
+        self.buckets: dict[tuple[str, str, int], Bucket] = {}
+        #: (budget_id, total_version, partition, split, start) -> [cost, tokens]
+        self.baselines: dict[tuple[str, str, int, int, int], list[int]] = {}
+        #: baseline requests made and not answered yet (their keys)
+        self.pending: set[tuple[str, str, int, int, int]] = set()
+        #: (budget_id, definition_version, period start or rolling epoch) -> [expiry, thresholds]
+        self.alerted: dict[tuple[str, str, int], list[Any]] = {}
+        #: budget_id -> [definition_version, period start, until] of its block
+        self.blocks: dict[str, list[Any]] = {}
+        #: budget_id -> definition version last evaluated (a change re-evaluates its periods)
+        self.evaluated: dict[str, str] = {}
         self.orgs: dict[tuple[str, int], Bucket] = {}
         self.org_first: dict[str, int] = {}
         self.org_judged: dict[str, int] = {}  # org -> last minute judged for spikes
-        self.baselines: dict[tuple[str, int], list[int]] = {}  # -> [cost, tokens]
-        self.alerted: set[str] = set()
-        self.blocks: dict[str, int] = {}  # budget_id -> period start blocked
-        self._starts: dict[str, set[int]] = {}  # budget_id -> bucket starts held
-        self._baseline_starts: dict[str, set[int]] = {}  # budget_id -> baseline starts held
+        #: spike alert ids raised -> their minute
+        self.spiked: dict[str, int] = {}
+        self._caches: dict[tuple[str, str, int], PeriodCache] = {}
 
-    # ------------------------------------------------------------------ baselines
-
-    def baselines_needed(self, messages: Iterable[Mapping[str, Any]]) -> list[BaselineRequest]:
-        """Mid-period baselines to read before these partials are counted (each once)."""
-        needed: dict[tuple[str, int], BaselineRequest] = {}
-        for msg in messages:
-            if msg["k"] != "b":
-                continue
-            budget = self.budgets.get(msg["id"])
-            if budget is None or not budget.created_at:
-                continue
-            if budget.period == "rolling":
-                key = (budget.budget_id, ROLLING_LOADED)
-                if key in self.baselines or key in needed:
-                    continue
-                bucket = rolling_bucket_ms(budget.window_ms)
-                since = budget.counting_from - budget.window_ms
-                needed[key] = BaselineRequest(
-                    budget, since - since % bucket, budget.counting_from, bucket
-                )
-                continue
-            key = (budget.budget_id, msg["s"])
-            if key in self.baselines or key in needed:
-                continue
-            if msg["s"] < budget.counting_from < msg["e"]:
-                needed[key] = BaselineRequest(budget, msg["s"], budget.counting_from)
-        return list(needed.values())
-
-    def set_baseline(self, budget_id: str, period_start: int, cost: int, tokens: int) -> None:
-        self.baselines[(budget_id, period_start)] = [cost, tokens]
-        if period_start != ROLLING_LOADED:
-            self._baseline_starts.setdefault(budget_id, set()).add(period_start)
-
-    def set_rolling_baseline(self, budget_id: str, buckets: Iterable[tuple[int, int, int]]) -> None:
-        """Per-bucket (start, cost, tokens) spend of a rolling budget's window before it."""
-        for start, cost, tokens in buckets:
-            self.set_baseline(budget_id, start, cost, tokens)
-        self.baselines[(budget_id, ROLLING_LOADED)] = [0, 0]
-
-    # ------------------------------------------------------------------ processing
+    # ------------------------------------------------------------------ input
 
     def process(self, messages: Iterable[tuple[int, Mapping[str, Any]]]) -> Stage2Output:
-        """``messages``: (offset, decoded partial) in partition order."""
+        """``messages``: (offset, pack) in partials-partition order."""
         out = Stage2Output()
-        touched: dict[tuple[str, int], None] = {}
-        orgs_touched: set[str] = set()
-        for offset, msg in messages:
+        touched: dict[tuple[str, str], set[int]] = {}
+        announced: set[tuple[str, str]] = set()
+        for offset, pack in messages:
             if offset <= self.applied:
                 continue
             self.applied = offset
-            if msg["wm"] > self.watermark:
-                self.watermark = msg["wm"]
-            if msg["wm"] > self.source_wm.get(msg["p"], 0):
-                self.source_wm[msg["p"]] = msg["wm"]
-            key = (msg["id"], msg["s"])
-            if msg["k"] == "o":
-                bucket = self.orgs.get(key)
+            p, seq = pack["p"], pack["q"]
+            if pack["ck"] > self.source_clock.get(p, 0):
+                self.source_clock[p] = pack["ck"]
+            for budget_id, version, split, split_ts in pack.get("s", ()):
+                if self._split(budget_id, version, p, seq, split, split_ts):
+                    announced.add((budget_id, version))
+            for item in pack.get("b", ()):
+                budget_id, version, start, end, cost, tokens, n, last_id, last_t, split, ts = item
+                if self._split(budget_id, version, p, seq, split, ts):
+                    announced.add((budget_id, version))
+                key = (budget_id, version, start)
+                bucket = self.buckets.get(key)
                 if bucket is None:
-                    bucket = self.orgs[key] = Bucket(msg["e"])
-                    first = self.org_first.get(msg["id"])
-                    if first is None or msg["s"] < first:
-                        self.org_first[msg["id"]] = msg["s"]
-                bucket.update(msg)
-                orgs_touched.add(msg["id"])
-                continue
-            bucket = self.buckets.get(key)
-            if bucket is None:
-                bucket = self.buckets[key] = Bucket(msg["e"])
-                self._starts.setdefault(key[0], set()).add(key[1])
-            if bucket.update(msg):
-                touched[key] = None
+                    bucket = self.buckets[key] = Bucket(end)
+                if bucket.update(p, seq, (cost, tokens, n, split, ts), (last_id, last_t)):
+                    touched.setdefault((budget_id, version), set()).add(start)
+            for org, minute, cost, tokens, n in pack.get("o", ()):
+                bucket = self.orgs.get((org, minute))
+                if bucket is None:
+                    bucket = self.orgs[(org, minute)] = Bucket(minute + MINUTE_MS)
+                    first = self.org_first.get(org)
+                    if first is None or minute < first:
+                        self.org_first[org] = minute
+                bucket.update(p, seq, (cost, tokens, n, 0, 0), None)
         now = self.now_ms()
-        for budget_id, start in touched:
+        for version_key in announced:
+            self._request_baselines(version_key, out)
+        for (budget_id, version), starts in touched.items():
             budget = self.budgets.get(budget_id)
-            if budget is not None:
-                self._evaluate(budget, start, now, out)
-        for org in sorted(orgs_touched):
-            self._judge_spikes(org, now, out)
+            if budget is not None and budget.total_version == version:
+                self._evaluate(budget, starts, now, out)
+        self._judge_spikes(now, out)
         self._expire()
         return out
 
-    def spent(self, budget: Budget, start: int) -> tuple[int, int, int]:
-        """(spent in the budget's unit, period start, period end) for the bucket at ``start``."""
-        index = 2 if budget.unit == "tokens" else 1
-        if budget.period != "rolling":
-            bucket = self.buckets.get((budget.budget_id, start))
-            total = bucket.total(index) if bucket else 0
-            base = self.baselines.get((budget.budget_id, start))
-            if base:
-                total += base[1] if budget.unit == "tokens" else base[0]
-            end = bucket.end if bucket else start
-            return total, start, end
-        starts = self._starts.get(budget.budget_id) or {start}
-        newest = max(starts)
-        newest_end = self.buckets[(budget.budget_id, newest)].end
-        since = newest_end - budget.window_ms
-        total = sum(self.buckets[(budget.budget_id, s)].total(index) for s in starts if s >= since)
-        for s in self._baseline_starts.get(budget.budget_id, ()):
-            if s >= since:
-                total += self.baselines[(budget.budget_id, s)][index - 1]
-        return total, since, newest_end
+    def _split(self, budget_id: str, version: str, p: int, seq: int, split: int, ts: int) -> bool:
+        """Note partition ``p``'s split of a version; True when it is new or moved."""
+        known = self.versions.setdefault((budget_id, version), {})
+        have = known.get(p)
+        if have is not None and have[0] >= seq:
+            return False
+        known[p] = [seq, split, ts]
+        return have is None or have[1] != split
 
-    def _evaluate(self, budget: Budget, start: int, now: int, out: Stage2Output) -> None:
-        spent, period_start, period_end = self.spent(budget, start)
-        if budget.period == "rolling":
-            # rolling windows alert once per threshold per window-aligned epoch
-            epoch = period_end - period_end % budget.window_ms
-            id_start = epoch
-        else:
-            id_start = start
-        bucket = self.buckets.get((budget.budget_id, start))
-        last_id = bucket.last_id if bucket else None
-        last_t = bucket.last_t if bucket else None
-        base = {
-            "budget_id": budget.budget_id,
-            "org_id": budget.org_id,
-            "team_id": budget.team_id,
-            "user_id": budget.user_id,
-            "scope": budget.scope,
-            "period": budget.period,
-            "period_start": period_start,
-            "period_end": period_end,
-            "timezone": budget.timezone,
-            "unit": budget.unit,
-            "limit": budget.limit,
-            "mode": budget.mode,
-        }
-        for threshold in crossed(spent, budget.limit, budget.thresholds_pct):
-            aid = threshold_alert_id(budget.budget_id, id_start, threshold)
-            if aid in self.alerted:
+    # ------------------------------------------------------------------ baselines
+
+    def _needs_baseline(self, budget: Budget, start: int, split: int, split_ts: int) -> bool:
+        """Could events of the bucket at ``start`` sit before a split taken at ``split_ts``?
+        (Nothing sits before offset 0: a version known from a partition's start needs none.)"""
+        return self.config.baselines and split > 0 and start <= split_ts + MAX_FUTURE_MS
+
+    def _request_baselines(self, key: tuple[str, str], out: Stage2Output) -> None:
+        """Once every partition announced its split: ask ClickHouse for what each one held
+        before it, over every period or bucket still held at that time."""
+        budget = self.budgets.get(key[0])
+        splits = self.versions.get(key)
+        if (
+            not self.config.baselines
+            or budget is None
+            or budget.total_version != key[1]
+            or splits is None
+            or len(splits) < self.config.partitions
+        ):
+            return
+        for p, (_, split, split_ts) in sorted(splits.items()):
+            if not split:
                 continue
-            self.alerted.add(aid)
-            severity = "critical" if threshold >= 100 else "warning"
+            for request in self._baseline_ranges(budget, p, split, split_ts):
+                if request.key not in self.baselines and request.key not in self.pending:
+                    self.pending.add(request.key)
+                    out.baselines.append(request)
+
+    def _baseline_ranges(
+        self, budget: Budget, p: int, split: int, split_ts: int
+    ) -> list[BaselineRequest]:
+        cfg = self.config
+        latest = split_ts + MAX_FUTURE_MS
+        oldest = split_ts - cfg.hold_ms
+        if budget.period == "rolling":
+            size = rolling_bucket_ms(budget.window_ms)
+            start = oldest - budget.window_ms
+            start -= start % size
+            return [BaselineRequest(budget, p, split, start, latest - latest % size + size, size)]
+        cache = self._cache(budget)
+        found: list[BaselineRequest] = []
+        period = cache.of(latest)
+        while period.end > oldest and len(found) < 64:
+            found.append(BaselineRequest(budget, p, split, period.start, period.end))
+            period = cache.of(period.start - 1)
+        return found
+
+    def set_baseline(
+        self, request: BaselineRequest, rows: Iterable[tuple[int, int, int]]
+    ) -> Stage2Output:
+        """The answer to ``request``: (bucket start, cost, tokens) rows (missing: nothing)."""
+        out = Stage2Output()
+        budget = request.budget
+        bid, version = budget.budget_id, budget.total_version
+        self.pending.discard(request.key)
+        if request.bucket_ms:
+            got = {int(s): (int(c), int(t)) for s, c, t in rows}
+            for start in range(request.start, request.until, request.bucket_ms):
+                cost, tokens = got.get(start, (0, 0))
+                key = (bid, version, request.partition, request.split, start)
+                self.baselines[key] = [cost, tokens]
+        else:
+            cost = sum(int(r[1]) for r in rows)
+            tokens = sum(int(r[2]) for r in rows)
+            self.baselines[request.key] = [cost, tokens]
+        current = self.budgets.get(bid)
+        if current is None or current.total_version != version:
+            return out
+        if any(k[0] == bid and k[1] == version for k in self.pending):
+            return out  # evaluated once the last one is in
+        starts = {k[2] for k in self.buckets if k[0] == bid and k[1] == version}
+        starts |= {k[4] for k, v in self.baselines.items() if k[:2] == (bid, version) and any(v)}
+        self._evaluate(current, starts, self.now_ms(), out)
+        return out
+
+    def _base(
+        self, budget: Budget, p: int, split: int, split_ts: int, start: int
+    ) -> list[int] | None:
+        """Partition ``p``'s baseline for the bucket at ``start``; None while not read."""
+        if not self._needs_baseline(budget, start, split, split_ts):
+            return [0, 0]
+        found = self.baselines.get((budget.budget_id, budget.total_version, p, split, start))
+        if found is not None:
+            return found
+        if budget.period == "rolling":
+            (request,) = self._baseline_ranges(budget, p, split, split_ts)
+            if start < request.start:
+                return [0, 0]  # before anything still held when the version started
+        return None
+
+    # ------------------------------------------------------------------ totals
+
+    def spent(self, budget: Budget, start: int) -> int | None:
+        """Spend in the budget's unit of its bucket at ``start`` (None: not all known yet)."""
+        splits = self.versions.get((budget.budget_id, budget.total_version))
+        if splits is None or len(splits) < self.config.partitions:
+            return None
+        index = 2 if budget.unit == "tokens" else 1
+        bucket = self.buckets.get((budget.budget_id, budget.total_version, start))
+        total = 0
+        for p, (_, split, split_ts) in splits.items():
+            part = bucket.parts.get(p) if bucket is not None else None
+            if part is not None:
+                total += part[index]
+                split, split_ts = part[4], part[5]
+            base = self._base(budget, p, split, split_ts, start)
+            if base is None:
+                return None
+            total += base[index - 1]
+        return total
+
+    def window_spent(self, budget: Budget, end: int) -> int | None:
+        """A rolling budget's spend over the window ending at bucket end ``end``."""
+        size = rolling_bucket_ms(budget.window_ms)
+        total = 0
+        for start in range(end - budget.window_ms, end, size):
+            spent = self.spent(budget, start)
+            if spent is None:
+                return None
+            total += spent
+        return total
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _evaluate(self, budget: Budget, starts: Iterable[int], now: int, out: Stage2Output) -> None:
+        self.evaluated.setdefault(budget.budget_id, budget.definition_version)
+        if budget.period == "rolling":
+            size = rolling_bucket_ms(budget.window_ms)
+            ends: set[int] = set()
+            for start in starts:
+                ends.update(range(start + size, start + budget.window_ms + size, size))
+            for end in sorted(ends):
+                spent = self.window_spent(budget, end)
+                if spent is not None:
+                    self._thresholds(budget, end - end % budget.window_ms, end, spent, now, out)
+        else:
+            for start in sorted(starts):
+                spent = self.spent(budget, start)
+                if spent is not None:
+                    self._thresholds(budget, start, start, spent, now, out)
+                    self._forecast(budget, start, spent, now, out)
+        if budget.mode == "block":
+            self._enforce(budget, now, out)
+
+    def _thresholds(
+        self, budget: Budget, id_start: int, start: int, spent: int, now: int, out: Stage2Output
+    ) -> None:
+        rolling = budget.period == "rolling"
+        if rolling:
+            period_start, period_end = start - budget.window_ms, start
+            bucket = None
+        else:
+            bucket = self.buckets.get((budget.budget_id, budget.total_version, start))
+            period = self._cache(budget).of(start)
+            period_start, period_end = period.start, period.end
+        key = (budget.budget_id, budget.definition_version, id_start)
+        entry = self.alerted.get(key)
+        for threshold in crossed(spent, budget.limit, budget.thresholds_pct):
+            if entry is not None and threshold in entry[1]:
+                continue
+            if entry is None:
+                expiry = period_end + (budget.window_ms if rolling else 0)
+                entry = self.alerted[key] = [expiry, []]
+            entry[1].append(threshold)
+            aid = threshold_alert_id(
+                budget.budget_id, budget.definition_version, id_start, threshold
+            )
             out.alerts.append(
                 make_alert(
                     "threshold_crossed",
@@ -291,189 +456,304 @@ class BudgetTotals:
                     now,
                     f"budget {budget.budget_id} ({scope_text(budget.scope)}) reached "
                     f"{threshold}% of {format_amount(budget.limit, budget.unit)} for the "
-                    f"{budget.period}: {format_amount(spent, budget.unit)} spent",
+                    f"{_period_text(budget)}: {format_amount(spent, budget.unit)} spent",
                     spent,
-                    severity=severity,
+                    severity="critical" if threshold >= 100 else "warning",
                     threshold_pct=threshold,
                     percent=percent(spent, budget.limit),
-                    event_id=last_id,
-                    event_time=last_t,
-                    **base,
+                    event_id=bucket.last_id if bucket else None,
+                    event_time=bucket.last_t if bucket and bucket.last_id else None,
+                    **_alert_base(budget, period_start, period_end),
                 )
             )
-        if budget.mode == "block":
-            self._enforce(budget, spent, period_start, period_end, now, out)
-        if budget.forecast and budget.period != "rolling":
-            aid = forecast_alert_id(budget.budget_id, start)
-            if aid not in self.alerted:
-                found = forecast_breach(
-                    spent,
-                    budget.limit,
-                    period_start,
-                    period_end,
-                    self.watermark,
-                    self.config.forecast_min_elapsed_pct,
-                )
-                if found is not None:
-                    self.alerted.add(aid)
-                    out.alerts.append(
-                        make_alert(
-                            "forecast_breach",
-                            aid,
-                            now,
-                            f"budget {budget.budget_id} ({scope_text(budget.scope)}) is "
-                            f"projected to reach {format_amount(found.projected, budget.unit)} "
-                            f"by the end of the {budget.period}, above its "
-                            f"{format_amount(budget.limit, budget.unit)} limit",
-                            spent,
-                            projected=found.projected,
-                            projected_breach_at=found.breach_at,
-                            percent=percent(spent, budget.limit),
-                            event_id=last_id,
-                            event_time=last_t,
-                            details={
-                                "method": "linear run rate since period start: "
-                                "spent * period_length / elapsed",
-                                "elapsed_ms": str(self.watermark - period_start),
-                            },
-                            **base,
-                        )
-                    )
 
-    def _enforce(
-        self,
-        budget: Budget,
-        spent: int,
-        period_start: int,
-        period_end: int,
-        now: int,
-        out: Stage2Output,
+    def _forecast(
+        self, budget: Budget, start: int, spent: int, now: int, out: Stage2Output
     ) -> None:
-        blocked_start = self.blocks.get(budget.budget_id)
+        if not budget.forecast:
+            return
+        key = (budget.budget_id, budget.definition_version, start)
+        entry = self.alerted.get(key)
+        if entry is not None and "forecast" in entry[1]:
+            return
+        period = self._cache(budget).of(start)
+        clock = max(self.source_clock.values(), default=0)
+        found = forecast_breach(
+            spent,
+            budget.limit,
+            period.start,
+            period.end,
+            clock,
+            self.config.forecast_min_elapsed_pct,
+        )
+        if found is None:
+            return
+        if entry is None:
+            entry = self.alerted[key] = [period.end, []]
+        entry[1].append("forecast")
+        bucket = self.buckets.get((budget.budget_id, budget.total_version, start))
+        out.alerts.append(
+            make_alert(
+                "forecast_breach",
+                forecast_alert_id(budget.budget_id, budget.definition_version, start),
+                now,
+                f"budget {budget.budget_id} ({scope_text(budget.scope)}) is "
+                f"projected to reach {format_amount(found.projected, budget.unit)} "
+                f"by the end of the {budget.period}, above its "
+                f"{format_amount(budget.limit, budget.unit)} limit",
+                spent,
+                projected=found.projected,
+                projected_breach_at=found.breach_at,
+                percent=percent(spent, budget.limit),
+                event_id=bucket.last_id if bucket else None,
+                event_time=bucket.last_t if bucket and bucket.last_id else None,
+                details={
+                    "method": "linear run rate since period start: spent * period_length / elapsed",
+                    "elapsed_ms": str(clock - period.start),
+                },
+                **_alert_base(budget, period.start, period.end),
+            )
+        )
+
+    def current_spend(self, budget: Budget, now: int) -> tuple[int | None, int, int]:
+        """(spend, period start, until) of the period or window that ``now`` is in."""
+        if budget.period == "rolling":
+            size = rolling_bucket_ms(budget.window_ms)
+            end = now - now % size + size
+            spent = self.window_spent(budget, end)
+            return spent, end - budget.window_ms, end
+        period = self._cache(budget).of(now)
+        return self.spent(budget, period.start), period.start, period.end
+
+    def _rolling_until(self, budget: Budget, end: int) -> int:
+        """When the window ending at ``end`` slides below the limit if nothing more is spent."""
+        size = rolling_bucket_ms(budget.window_ms)
+        later = end
+        for _ in range(budget.window_ms // size + 1):
+            later += size
+            spent = self.window_spent(budget, later)
+            if spent is not None and spent < budget.limit:
+                return later - size
+        return later
+
+    def _enforce(self, budget: Budget, now: int, out: Stage2Output) -> None:
+        spent, period_start, until = self.current_spend(budget, now)
+        if spent is None:
+            return
+        blocked = self.blocks.get(budget.budget_id)
+        rolling = budget.period == "rolling"
+        state = [budget.definition_version, 0 if rolling else period_start]
         if spent >= budget.limit:
-            if blocked_start != period_start:
-                self.blocks[budget.budget_id] = period_start
-                until = period_end if budget.period != "rolling" else period_end + budget.window_ms
+            if blocked is None or blocked[:2] != state:
+                if rolling:
+                    until = self._rolling_until(budget, until)
+                self.blocks[budget.budget_id] = [*state, until]
                 out.enforcement.append(
                     (
                         budget.budget_id,
                         enforcement_value(budget, True, until, spent, period_start, now),
                     )
                 )
-        elif blocked_start is not None and budget.period == "rolling":
+        elif blocked is not None:
             del self.blocks[budget.budget_id]
             out.enforcement.append((budget.budget_id, None))
 
-    def unblock_missing(self, present: Iterable[str]) -> Stage2Output:
-        """Lift blocks of budgets that were deleted or switched to alert mode."""
+    # ------------------------------------------------------------------ the timer
+
+    def tick(self, now: int) -> Stage2Output:
+        """Budget changes and the passing of time: a changed definition is evaluated afresh
+        (new alert ids), a deleted or alert-mode budget's block is lifted, a block whose
+        period ended or whose window slid below the limit is lifted."""
         out = Stage2Output()
-        keep = set(present)
-        for budget_id in [b for b in self.blocks if b not in keep]:
-            del self.blocks[budget_id]
-            out.enforcement.append((budget_id, None))
+        ids = {bid for bid, _ in self.versions} | set(self.blocks)
+        for budget_id in sorted(ids):
+            budget = self.budgets.get(budget_id)
+            if (budget is None or budget.mode != "block") and budget_id in self.blocks:
+                del self.blocks[budget_id]
+                out.enforcement.append((budget_id, None))
+            if budget is None:
+                self._forget(budget_id, None)
+                continue
+            self._forget(budget_id, budget.total_version)
+            key = (budget_id, budget.total_version)
+            if key in self.versions and len(self.versions[key]) >= self.config.partitions:
+                self._request_baselines(key, out)
+            if self.evaluated.get(budget_id) != budget.definition_version:
+                self.evaluated[budget_id] = budget.definition_version
+                starts = {s for (b, v, s) in self.buckets if b == budget_id and v == key[1]}
+                starts |= {k[4] for k in self.baselines if k[0] == budget_id and k[1] == key[1]}
+                self._evaluate(budget, starts, now, out)
+            elif budget.mode == "block":
+                self._enforce(budget, now, out)
+        self._judge_spikes(now, out)
+        self._expire()
         return out
+
+    def _forget(self, budget_id: str, keep_version: str | None) -> None:
+        """Drop the state of a deleted budget or of its replaced total versions."""
+        stale = [k for k in self.versions if k[0] == budget_id and k[1] != keep_version]
+        if not stale:
+            return
+        for key in stale:
+            del self.versions[key]
+        self.buckets = {
+            k: b for k, b in self.buckets.items() if k[0] != budget_id or k[1] == keep_version
+        }
+        self.baselines = {
+            k: v for k, v in self.baselines.items() if k[0] != budget_id or k[1] == keep_version
+        }
+        self.pending = {k for k in self.pending if k[0] != budget_id or k[1] == keep_version}
 
     # ------------------------------------------------------------------ spikes
 
-    def _judge_spikes(self, org: str, now: int, out: Stage2Output) -> None:
+    def _judge_spikes(self, now: int, out: Stage2Output) -> None:
+        """Judge each org's minutes once they are final in every source partition."""
+        if len(self.source_clock) < self.config.partitions:
+            return
+        low = min(self.source_clock.values())
+        final_up_to = low - self.config.close_after_ms
         rules = self.config.spike
-        first = self.org_first.get(org, 0)
-        last = self.org_judged.get(org, first - MINUTE_MS)
-        minute = last + MINUTE_MS
-        low = min(self.source_wm.values(), default=0)
-        while minute + MINUTE_MS + rules.grace_ms <= low:
-            bucket = self.orgs.get((org, minute))
-            self.org_judged[org] = minute
-            if bucket is not None:
-                spend = bucket.total(1)
-                lo = max(first, minute - rules.baseline_minutes * MINUTE_MS)
-                history = [
-                    (b.total(1) if (b := self.orgs.get((org, m))) else 0)
-                    for m in range(lo, minute, MINUTE_MS)
-                ]
-                ratio = spike_ratio(spend, history, rules)
-                aid = spike_alert_id(f"org_id={org}", minute)
-                if ratio is not None and aid not in self.alerted:
-                    self.alerted.add(aid)
-                    baseline = sum(history) // max(1, len(history))
-                    out.alerts.append(
-                        make_alert(
-                            "spend_spike",
-                            aid,
-                            now,
-                            f"org {org} spent {format_amount(spend, 'usd_nanos')} in one "
-                            + (
-                                f"minute, {ratio:.1f}x its trailing average of "
-                                f"{format_amount(baseline, 'usd_nanos')}/min"
-                                if baseline
-                                else f"minute after {len(history)} idle minutes"
-                            ),
-                            spend,
-                            org_id=org,
-                            scope={"org_id": org},
-                            period="spike",
-                            period_start=minute,
-                            period_end=minute + MINUTE_MS,
-                            limit=baseline,
-                            percent=round(100.0 * ratio, 1) if ratio != float("inf") else None,
-                            details={
-                                "ratio": f"{ratio:.3f}",
-                                "baseline_minutes": str(len(history)),
-                                "factor": str(rules.factor),
-                            },
-                        )
-                    )
-            minute += MINUTE_MS
+        for org, first in sorted(self.org_first.items()):
+            minute = self.org_judged.get(org, first - MINUTE_MS) + MINUTE_MS
+            while minute <= final_up_to:
+                self.org_judged[org] = minute
+                bucket = self.orgs.get((org, minute))
+                if bucket is not None:
+                    self._judge(org, first, minute, bucket.total(1), rules, now, out)
+                minute += MINUTE_MS
+
+    def _judge(
+        self,
+        org: str,
+        first: int,
+        minute: int,
+        spend: int,
+        rules: SpikeRules,
+        now: int,
+        out: Stage2Output,
+    ) -> None:
+        lo = max(first, minute - rules.baseline_minutes * MINUTE_MS)
+        history = [
+            (b.total(1) if (b := self.orgs.get((org, m))) else 0)
+            for m in range(lo, minute, MINUTE_MS)
+        ]
+        ratio = spike_ratio(spend, history, rules)
+        aid = spike_alert_id(f"org_id={org}", minute)
+        if ratio is None or aid in self.spiked:
+            return
+        self.spiked[aid] = minute
+        baseline = sum(history) // max(1, len(history))
+        out.alerts.append(
+            make_alert(
+                "spend_spike",
+                aid,
+                now,
+                f"org {org} spent {format_amount(spend, 'usd_nanos')} in one "
+                + (
+                    f"minute, {ratio:.1f}x its trailing average of "
+                    f"{format_amount(baseline, 'usd_nanos')}/min"
+                    if baseline
+                    else f"minute after {len(history)} idle minutes"
+                ),
+                spend,
+                org_id=org,
+                scope={"org_id": org},
+                period="spike",
+                period_start=minute,
+                period_end=minute + MINUTE_MS,
+                limit=baseline,
+                percent=round(100.0 * ratio, 1) if ratio != float("inf") else None,
+                details={
+                    "ratio": f"{ratio:.3f}",
+                    "baseline_minutes": str(len(history)),
+                    "factor": str(rules.factor),
+                },
+            )
+        )
 
     # ------------------------------------------------------------------ state
 
+    def _cache(self, budget: Budget) -> PeriodCache:
+        key = (budget.period, budget.timezone, budget.window_ms)
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = self._caches[key] = PeriodCache(*key)
+        return cache
+
     def _expire(self) -> None:
-        horizon = self.watermark - self.config.keep_periods_ms
-        for key in [k for k, b in self.buckets.items() if b.end < horizon]:
-            del self.buckets[key]
-            if self.baselines.pop(key, None) is not None:
-                self._baseline_starts.get(key[0], set()).discard(key[1])
-            self._starts.get(key[0], set()).discard(key[1])
-        for budget_id, starts in self._baseline_starts.items():
-            budget = self.budgets.get(budget_id)
-            if budget is None or budget.period != "rolling":
-                continue
-            for start in [s for s in starts if s < horizon - budget.window_ms]:
-                starts.discard(start)
-                del self.baselines[(budget_id, start)]
-        keep = self.watermark - (self.config.spike.baseline_minutes + 5) * MINUTE_MS
-        for key in [k for k in self.orgs if k[1] < keep]:
-            del self.orgs[key]
+        """Forget periods, windows and org minutes that can no longer change or be judged."""
+        cfg = self.config
+        clock = max(self.source_clock.values(), default=0)
+        gone = clock - cfg.hold_ms - cfg.hold_margin_ms
+        for bucket_key in [k for k, b in self.buckets.items() if b.end <= gone]:
+            del self.buckets[bucket_key]
+        # a baseline's key holds its period's start: no period is longer than 31 days
+        for base_key in [k for k in self.baselines if k[4] + 31 * 86_400_000 <= gone]:
+            del self.baselines[base_key]
+        for alert_key in [k for k, entry in self.alerted.items() if entry[0] <= gone]:
+            del self.alerted[alert_key]
+        keep = (cfg.spike.baseline_minutes + 1) * MINUTE_MS
+        for org, judged in self.org_judged.items():
+            for minute in range(self.org_first[org], judged - keep, MINUTE_MS):
+                self.orgs.pop((org, minute), None)
+            if judged - keep > self.org_first[org]:
+                self.org_first[org] = judged - keep
+        for aid in [a for a, minute in self.spiked.items() if minute <= gone]:
+            del self.spiked[aid]
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "applied": self.applied,
-            "wm": self.watermark,
-            "source_wm": [[p, w] for p, w in self.source_wm.items()],
-            "buckets": [[k[0], k[1], b.to_list()] for k, b in self.buckets.items()],
+            "source_clock": [[p, c] for p, c in self.source_clock.items()],
+            "versions": [
+                [k[0], k[1], [[p, *v] for p, v in splits.items()]]
+                for k, splits in self.versions.items()
+            ],
+            "buckets": [[*k, b.to_list()] for k, b in self.buckets.items()],
+            "baselines": [[*k, *v] for k, v in self.baselines.items()],
+            "alerted": [[*k, *v] for k, v in self.alerted.items()],
+            "blocks": self.blocks,
+            "evaluated": self.evaluated,
             "orgs": [[k[0], k[1], b.to_list()] for k, b in self.orgs.items()],
             "org_first": self.org_first,
             "org_judged": self.org_judged,
-            "baselines": [[k[0], k[1], *v] for k, v in self.baselines.items()],
-            "alerted": sorted(self.alerted),
-            "blocks": self.blocks,
+            "spiked": self.spiked,
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.applied = int(state["applied"])
-        self.watermark = int(state["wm"])
-        self.source_wm = {p: w for p, w in state["source_wm"]}
-        self.buckets = {(b[0], b[1]): Bucket.from_list(b[2]) for b in state["buckets"]}
-        self._starts = {}
-        for budget_id, start in self.buckets:
-            self._starts.setdefault(budget_id, set()).add(start)
+        self.source_clock = {p: c for p, c in state["source_clock"]}
+        self.versions = {(v[0], v[1]): {s[0]: list(s[1:]) for s in v[2]} for v in state["versions"]}
+        self.buckets = {(b[0], b[1], b[2]): Bucket.from_list(b[3]) for b in state["buckets"]}
+        self.baselines = {(b[0], b[1], b[2], b[3], b[4]): list(b[5:]) for b in state["baselines"]}
+        self.pending = set()
+        self.alerted = {(a[0], a[1], a[2]): [a[3], list(a[4])] for a in state["alerted"]}
+        self.blocks = {k: list(v) for k, v in state["blocks"].items()}
+        self.evaluated = dict(state["evaluated"])
         self.orgs = {(b[0], b[1]): Bucket.from_list(b[2]) for b in state["orgs"]}
         self.org_first = dict(state["org_first"])
         self.org_judged = dict(state["org_judged"])
-        self.baselines = {(b[0], b[1]): list(b[2:]) for b in state["baselines"]}
-        self._baseline_starts = {}
-        for budget_id, start in self.baselines:
-            if start != ROLLING_LOADED:
-                self._baseline_starts.setdefault(budget_id, set()).add(start)
-        self.alerted = set(state["alerted"])
-        self.blocks = dict(state["blocks"])
+        self.spiked = dict(state["spiked"])
+
+
+def _period_text(budget: Budget) -> str:
+    if budget.period == "rolling":
+        return f"rolling {budget.window_ms // 60_000} min window"
+    return budget.period
+
+
+def _alert_base(budget: Budget, period_start: int, period_end: int) -> dict[str, Any]:
+    return {
+        "budget_id": budget.budget_id,
+        "org_id": budget.org_id,
+        "team_id": budget.team_id,
+        "user_id": budget.user_id,
+        "scope": budget.scope,
+        "period": budget.period,
+        "period_start": period_start,
+        "period_end": period_end,
+        "timezone": budget.timezone,
+        "unit": budget.unit,
+        "limit": budget.limit,
+        "mode": budget.mode,
+    }

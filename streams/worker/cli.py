@@ -8,7 +8,8 @@ import click
 
 from streams.settings import env_name, load_settings
 from streams.worker.config import WorkerConfig
-from streams.worker.worker import Worker, clickhouse_baseline_reader
+from streams.worker.sinkview import SinkView
+from streams.worker.worker import Worker
 
 
 @click.command("worker")
@@ -22,5 +23,6 @@ def worker_command(worker_id: str | None, web: bool) -> None:
     """Run the stream worker: windows, budgets, alerts (stop with Ctrl-C or SIGTERM)."""
     settings = load_settings(worker_id=worker_id)
     config = dataclasses.replace(WorkerConfig.from_settings(settings), web=web)
-    worker = Worker(settings, config, baseline_reader=clickhouse_baseline_reader(settings))
+    view = SinkView(settings) if settings.worker_sink_checks else None
+    worker = Worker(settings, config, sink_view=view)
     worker.run()

@@ -8,11 +8,10 @@ from typing import Any
 
 import faust
 
-from streams.budgets import budget_topics
 from streams.processors.stage1 import Stage1Config
 from streams.processors.stage2 import Stage2Config
 from streams.settings import Settings
-from streams.topics import TopicSpec
+from streams.topics import TopicSpec, standard_topics
 
 
 def broker_settings(settings: Settings) -> dict[str, Any]:
@@ -45,16 +44,25 @@ class WorkerConfig:
     stage1: Stage1Config = dataclasses.field(default_factory=Stage1Config)
     stage2: Stage2Config = dataclasses.field(default_factory=Stage2Config)
     flush_interval_s: float = 1.0
+    #: budget changes, idle partitions and rolling windows are looked at this often
+    tick_interval_s: float = 1.0
     publish_rollups: bool = True
     #: also run the faust web server (off: workers need no HTTP port)
     web: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
-        return cls(
-            stage1=Stage1Config(allowed_lateness_ms=settings.allowed_lateness_s * 1000),
-            flush_interval_s=settings.worker_flush_seconds,
+        stage1 = Stage1Config(
+            allowed_lateness_ms=settings.allowed_lateness_s * 1000,
+            dedup_memory_ms=settings.worker_dedup_memory_s * 1000,
+            hold_ms=settings.dedup_horizon_hours * 3_600_000,
         )
+        stage2 = Stage2Config(
+            partitions=settings.event_partitions,
+            close_after_ms=stage1.close_after_ms,
+            hold_ms=stage1.hold_ms,
+        )
+        return cls(stage1=stage1, stage2=stage2, flush_interval_s=settings.worker_flush_seconds)
 
 
 def partials_topic(settings: Settings) -> str:
@@ -62,12 +70,8 @@ def partials_topic(settings: Settings) -> str:
 
 
 def worker_topics(settings: Settings) -> list[TopicSpec]:
-    parts = settings.event_partitions
-    return [
-        TopicSpec(settings.topic_events, parts, {"compression.type": "producer"}),
-        TopicSpec(settings.topic_deadletter, parts, {"retention.ms": str(30 * 86_400_000)}),
-        TopicSpec(settings.topic_alerts, parts),
-        TopicSpec(settings.topic_rollups, parts),
-        TopicSpec(partials_topic(settings), parts, {"retention.ms": str(7 * 86_400_000)}),
-        *budget_topics(settings),
-    ]
+    """The standard topics and the worker's own partials topic."""
+    partials = TopicSpec(
+        partials_topic(settings), settings.event_partitions, {"retention.ms": str(7 * 86_400_000)}
+    )
+    return [*standard_topics(settings), partials]

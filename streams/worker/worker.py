@@ -17,25 +17,35 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import dataclasses
 import gc
 import itertools
 import logging
-import zlib
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, cast
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar, cast
 
 import faust
 import msgspec
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from faust.types import TP
 
-from streams.budgets import Budget, BudgetView, StaticBudgets, read_baseline
+from streams.budgets import BudgetView, StaticBudgets
 from streams.deadletter import DeadLetter
+from streams.errors import SpendstreamError
+from streams.events import now_ms as events_now_ms
 from streams.pricing import default_catalog
 from streams.processors import checkpoint
-from streams.processors.stage1 import PartitionAggregator, Stage1Output, rollup_rows
-from streams.processors.stage2 import BaselineRequest, BudgetTotals, Stage2Output
+from streams.processors.stage1 import (
+    Lookup,
+    PartitionAggregator,
+    Stage1Output,
+    late_rollup_rows,
+    rollup_key,
+    rollup_rows,
+)
+from streams.processors.stage2 import BaselineRequest, BudgetTotals, Stage2Output, pack_partials
 from streams.serde import AvroCodec
 from streams.serde.columnar import ColumnarDecoder
 from streams.settings import Settings
@@ -44,13 +54,13 @@ from streams.worker import fetch
 from streams.worker.alertlog import AlertLog
 from streams.worker.config import WorkerConfig, broker_settings, partials_topic, worker_topics
 from streams.worker.fastpath import BatchTopic, SpendApp
+from streams.worker.sinkview import SinkView
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 _msgpack_encode = msgspec.msgpack.Encoder().encode
-#: most partials in one message of the partials topic (also the sequence-number stride)
-PACK_MAX = 4096
 _msgpack_decode = msgspec.msgpack.Decoder().decode
 #: rollup rows sent per turn of the sender task, and the pause after each turn: a minute
 #: closing releases tens of thousands of rows at once (their Avro encoding alone measured
@@ -58,23 +68,42 @@ _msgpack_decode = msgspec.msgpack.Decoder().decode
 #: second or more (measured at 10k events/s). Paced, the agents run between chunks.
 ROLLUP_CHUNK = 250
 ROLLUP_PAUSE_S = 0.005
+#: how often each events partition's clock reaches every stage-2 partition, at most: with
+#: its batches, and when it is idle (heartbeats, from the timer)
+CLOCK_EVERY_S = 1.0
+IDLE_CLOCK_EVERY_S = 5.0
+#: between two reads of the sink's progress while a baseline or a lookup waits for it
+SINK_WAIT_S = 0.25
+#: longest pause between retries of a failed ClickHouse read
+MAX_BACKOFF_S = 5.0
 
 
 @dataclasses.dataclass
 class _PartitionSlot:
-    """Working state of one owned partition plus the batch events not yet checkpointed."""
+    """Working state of one owned partition plus what is not yet safe to checkpoint."""
 
     partition: int
     processor: Any
     epoch: int = 0
+    #: batch events processed but not yet checkpointed (acked at the checkpoint)
     held: list[Any] = dataclasses.field(default_factory=list)
-    inflight: int = 0
+    #: sends the broker has not acknowledged yet: the checkpoint waits for them
+    sends: list[asyncio.Future[Any]] = dataclasses.field(default_factory=list)
     dd_chunks: list[list[int]] = dataclasses.field(default_factory=list)  # [epoch, max minute]
     #: closed 1-minute windows' rows not yet sent (lazy), and rows sent but not acknowledged
     rollups: collections.deque[Iterator[dict[str, Any]]] = dataclasses.field(
         default_factory=collections.deque
     )
     rollups_unacked: int = 0
+    clock_sent_at: float = 0.0
+    last_batch_at: float = 0.0
+    waiting_since: float = 0.0
+    reported_at: float = 0.0
+
+    def settled(self) -> bool:
+        """Every send acknowledged (a failed one stops the worker: see Worker._sent)."""
+        self.sends = [f for f in self.sends if not f.done()]
+        return not self.sends and not self.rollups and not self.rollups_unacked
 
 
 class Worker:
@@ -85,12 +114,16 @@ class Worker:
         settings: Settings,
         config: WorkerConfig | None = None,
         budgets: BudgetView | StaticBudgets | None = None,
-        baseline_reader: Any = None,
+        sink_view: SinkView | None = None,
     ) -> None:
         self.settings = settings
         self.config = config or WorkerConfig.from_settings(settings)
+        if sink_view is None:
+            self.config = dataclasses.replace(
+                self.config, stage2=dataclasses.replace(self.config.stage2, baselines=False)
+            )
         self.budgets: BudgetView | StaticBudgets = budgets or BudgetView(settings)
-        self.baseline_reader = baseline_reader
+        self.sink_view = sink_view
         self.event_codec = AvroCodec("token_event")
         self.columnar = ColumnarDecoder(self.event_codec.current)
         self.alert_codec = AvroCodec("budget_alert")
@@ -100,10 +133,21 @@ class Worker:
         self.stage1: dict[int, _PartitionSlot] = {}
         self.stage2: dict[int, _PartitionSlot] = {}
         self.stats = dict.fromkeys(
-            ("events", "dead", "duplicates", "alerts", "partials", "rollup_errors"), 0
+            (
+                "events",
+                "dead",
+                "duplicates",
+                "alerts",
+                "partials",
+                "rollup_errors",
+                "lookups",
+                "baselines",
+            ),
+            0,
         )
         self._rollups_waiting = asyncio.Event()
         self._rollup_producer: Producer | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="sink-view")
         self.app = self._build_app()
 
     # ------------------------------------------------------------------ app
@@ -163,7 +207,11 @@ class Worker:
         async def checkpoint_timer() -> None:
             await self.checkpoint_all()
 
+        async def tick_timer() -> None:
+            await self.tick_all()
+
         app.timer(self.config.flush_interval_s, name="checkpoint")(checkpoint_timer)
+        app.timer(self.config.tick_interval_s, name="tick")(tick_timer)
         app.task(self._rollup_sender)
 
         async def on_revoked(sender: Any, revoked: Iterable[TP], **_: Any) -> None:
@@ -177,8 +225,23 @@ class Worker:
         # faust creates its data directory, but not the folders above it
         self.app.conf.datadir.parent.mkdir(parents=True, exist_ok=True)
         ensure_topics(self.settings, worker_topics(self.settings))
+        self.alert_log.start()
         if isinstance(self.budgets, BudgetView):
             self.budgets.start()
+
+    def _sent(self, slot: _PartitionSlot, sent: Awaitable[Any], what: str) -> None:
+        """Track a send: the slot's checkpoint waits for it; a failed one stops the worker
+        (its partitions are then replayed from the last checkpoint, by it or another)."""
+        future = cast("asyncio.Future[Any]", sent)  # aiokafka's send hands back a Future
+
+        def done(fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled() or fut.exception() is None:
+                return
+            log.error("%s not delivered: %s; stopping (nothing is lost)", what, fut.exception())
+            self.app.loop.create_task(self.app.crash(cast(BaseException, fut.exception())))
+
+        future.add_done_callback(done)
+        slot.sends.append(future)
 
     # ------------------------------------------------------------------ stage 1
 
@@ -212,46 +275,56 @@ class Worker:
                     slot.epoch,
                 )
             self.stage1[partition] = slot
+            lookups = processor.pending_lookups()
+            if lookups:
+                self._start_lookups(slot, lookups)
         return slot
-
-    async def _ensure_alert_log(self) -> None:
-        generation = self.app.consumer_generation_id
-        if self.alert_log.generation != generation:
-            loop = asyncio.get_running_loop()
-            count = await loop.run_in_executor(None, self.alert_log.load)
-            self.alert_log.generation = generation
-            log.debug("alert log: %d alert ids known", count)
 
     async def on_events_batch(self, event: Any) -> None:
         message = event.message
-        await self._ensure_alert_log()
+        await self.alert_log.ready()
         slot = self._slot1(message.partition)
         processor: PartitionAggregator = slot.processor
         out = processor.process(message.value)
         slot.held.append(event)
+        slot.last_batch_at = time.monotonic()
         self.stats["events"] += out.counted
         self.stats["duplicates"] += out.duplicates
         await self._publish_stage1(slot, out)
+        if out.lookups:
+            self._start_lookups(slot, out.lookups)
 
-    async def _publish_stage1(self, slot: _PartitionSlot, out: Stage1Output) -> None:
+    async def _publish_stage1(
+        self, slot: _PartitionSlot, out: Stage1Output, clock_every_s: float = CLOCK_EVERY_S
+    ) -> None:
         s = self.settings
         producer = self.app.producer
         topic = partials_topic(s)
-        # one message per stage-2 partition per batch (not one per budget): the partition is
-        # a function of the budget id / org, so each budget's partials meet in one place
-        packs: dict[int, list[dict[str, Any]]] = {}
-        for partial in out.partials:
-            target = zlib.crc32(partial["id"].encode()) % s.event_partitions
-            packs.setdefault(target, []).append(partial)
+        now = time.monotonic()
+        everywhere = now - slot.clock_sent_at >= clock_every_s
+        if everywhere:
+            slot.clock_sent_at = now
+        packs = pack_partials(
+            slot.partition,
+            out.seq,
+            out.clock,
+            out.budget_partials,
+            out.org_partials,
+            out.announces,
+            s.event_partitions,
+            everywhere=everywhere,
+        )
         for target, pack in packs.items():
-            for i in range(0, len(pack), PACK_MAX):
-                await producer.send(
-                    topic, None, _msgpack_encode(pack[i : i + PACK_MAX]), target, None, None
-                )
-        self.stats["partials"] += len(out.partials)
-        if out.rollup_windows and self.config.publish_rollups:
-            slot.rollups.extend(rollup_rows(*window) for window in out.rollup_windows)
-            self._rollups_waiting.set()
+            fut = await producer.send(topic, None, _msgpack_encode(pack), target, None, None)
+            self._sent(slot, fut, "partials")
+        self.stats["partials"] += len(out.budget_partials) + len(out.org_partials)
+        if self.config.publish_rollups:
+            if out.rollup_windows:
+                slot.rollups.extend(rollup_rows(*window) for window in out.rollup_windows)
+            if out.late_rows:
+                slot.rollups.append(late_rollup_rows(slot.partition, out.late_rows))
+            if out.rollup_windows or out.late_rows:
+                self._rollups_waiting.set()
         for dead in out.dead:
             record = dead.record
             letter = DeadLetter(
@@ -262,7 +335,7 @@ class Worker:
                 slot.partition,
                 record.offset,
             )
-            await producer.send(
+            fut = await producer.send(
                 s.topic_deadletter,
                 record.key,
                 record.value,
@@ -270,32 +343,99 @@ class Worker:
                 None,
                 letter.headers(),
             )
+            self._sent(slot, fut, "dead letter")
         self.stats["dead"] += len(out.dead)
         if out.alerts:
             await self._send_alerts(slot, out.alerts)
 
     async def _send_alerts(self, slot: _PartitionSlot, alerts: list[dict[str, Any]]) -> None:
-        """Publish and wait for the broker before the state that remembers them is saved."""
+        """Publish the alerts not already on the topic; the checkpoint waits for their acks."""
         producer = self.app.producer
         topic = self.settings.topic_alerts
-        slot.inflight += 1
-        try:
-            pending = []
-            for alert in alerts:
-                aid = alert["alert_id"]
-                if aid in self.alert_log.ids:
-                    continue
-                self.alert_log.ids.add(aid)
-                fut = await producer.send(
-                    topic, aid.encode(), self.alert_codec.encode(alert), None, None, None
+        for alert in alerts:
+            aid = alert["alert_id"]
+            if self.alert_log.seen(aid):
+                continue
+            fut = await producer.send(
+                topic, aid.encode(), self.alert_codec.encode(alert), None, None, None
+            )
+            self._sent(slot, fut, "alert")
+            cast("asyncio.Future[Any]", fut).add_done_callback(self._alert_sent(aid))
+            self.stats["alerts"] += 1
+            log.info("alert %s %s: %s", alert["kind"], aid, alert["message"])
+
+    def _alert_sent(self, alert_id: str) -> Callable[[asyncio.Future[Any]], None]:
+        def done(future: asyncio.Future[Any]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                self.alert_log.add(alert_id)
+
+        return done
+
+    def _start_lookups(self, slot: _PartitionSlot, lookups: list[Lookup]) -> None:
+        self.stats["lookups"] += len(lookups)
+        self.app.loop.create_task(self._resolve_lookups(slot, lookups))
+
+    async def _resolve_lookups(self, slot: _PartitionSlot, lookups: list[Lookup]) -> None:
+        """Events older than the id memory: once the sink has committed past them, ask
+        ClickHouse whether it inserted each record; count those it did (stage1.resolve)."""
+        view = self.sink_view
+        if view is None:
+            answers = {x.offset: True for x in lookups}
+        else:
+            newest = max(x.offset for x in lookups)
+            if not await self._sink_past(slot.partition, newest, lambda: slot is self._owner(slot)):
+                return
+            counted = await self._clickhouse(lambda: view.counted(slot.partition, lookups))
+            if counted is None:
+                return
+            answers = {x.offset: x.offset in counted for x in lookups}
+        if self.stage1.get(slot.partition) is not slot:
+            return  # revoked meanwhile: the next owner restores the deferred events and asks
+        out = slot.processor.resolve(answers)
+        self.stats["events"] += out.counted
+        self.stats["duplicates"] += out.duplicates
+        await self._publish_stage1(slot, out)
+
+    def _owner(self, slot: _PartitionSlot) -> _PartitionSlot | None:
+        return self.stage1.get(slot.partition)
+
+    async def _sink_past(self, partition: int, offset: int, still: Callable[[], bool]) -> bool:
+        """Wait until the sink committed past ``offset`` on ``partition`` (False: give up, the
+        slot was revoked)."""
+        view = self.sink_view
+        assert view is not None
+        loop = asyncio.get_running_loop()
+        warned = time.monotonic()
+        while still():
+            try:
+                committed = await loop.run_in_executor(self._pool, view.committed, partition)
+            except SpendstreamError as exc:
+                log.warning("%s; retrying", exc)
+                committed = -1
+            if committed > offset:
+                return True
+            if time.monotonic() - warned > 30:
+                warned = time.monotonic()
+                log.warning(
+                    "waiting for the sink to commit past offset %d of partition %d (at %d)",
+                    offset,
+                    partition,
+                    committed,
                 )
-                pending.append(fut)
-                log.info("alert %s %s: %s", alert["kind"], aid, alert["message"])
-            for fut in pending:
-                await fut
-            self.stats["alerts"] += len(pending)
-        finally:
-            slot.inflight -= 1
+            await asyncio.sleep(SINK_WAIT_S)
+        return False
+
+    async def _clickhouse(self, call: Callable[[], T]) -> T | None:
+        """``call()`` in the pool, retried with backoff on failure (a read: safe to repeat)."""
+        loop = asyncio.get_running_loop()
+        delay = 0.2
+        while True:
+            try:
+                return await loop.run_in_executor(self._pool, call)
+            except Exception as exc:
+                log.warning("clickhouse read failed, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
 
     async def _rollup_sender(self) -> None:
         """Sends the rollup backlogs a chunk at a time, letting the agents run in between.
@@ -334,10 +474,14 @@ class Worker:
         backlog = slot.rollups
 
         def delivered(error: KafkaError | None, _message: Any) -> None:
-            slot.rollups_unacked -= 1
             if error is not None:
                 self.stats["rollup_errors"] += 1
-                log.error("rollup row not delivered to %s: %s", topic, error)
+                log.error("rollup row not delivered to %s: %s; stopping", topic, error)
+                self.app.loop.call_soon_threadsafe(
+                    lambda: self.app.loop.create_task(self.app.crash(KafkaException(error)))
+                )
+                return
+            slot.rollups_unacked -= 1
 
         chunk: list[dict[str, Any]] = []
         while backlog and len(chunk) < ROLLUP_CHUNK:
@@ -346,15 +490,11 @@ class Worker:
             if len(chunk) - before < ROLLUP_CHUNK - before:
                 backlog.popleft()  # that window is exhausted
         for row in chunk:
-            key = (
-                f"{row['window_start']}|{row['org_id']}|{row['team_id']}|{row['user_id']}"
-                f"|{row['model']}|{row['source_partition']}|{row['revision']}"
-            )
             value = encode(row)
             slot.rollups_unacked += 1
             while True:
                 try:
-                    producer.produce(topic, value, key.encode(), on_delivery=delivered)
+                    producer.produce(topic, value, rollup_key(row), on_delivery=delivered)
                     break
                 except BufferError:  # librdkafka's queue is full: let it drain
                     producer.poll(0.05)
@@ -377,68 +517,100 @@ class Worker:
 
     async def on_partials_batch(self, event: Any) -> None:
         message = event.message
-        await self._ensure_alert_log()
+        await self.alert_log.ready()
         slot = self._slot2(message.partition)
         processor: BudgetTotals = slot.processor
         decoded: list[tuple[int, Any]] = []
         for record in message.value:
             try:
-                pack = _msgpack_decode(record.value)
+                decoded.append((record.offset, _msgpack_decode(record.value)))
             except (msgspec.DecodeError, TypeError) as exc:  # internal topic: should not happen
                 log.error("unreadable partials at offset %d: %s", record.offset, exc)
-                continue
-            # a sequence number per partial: the record offset, then the position in the pack
-            decoded.extend((record.offset * PACK_MAX + i, m) for i, m in enumerate(pack))
-        needed = processor.baselines_needed(m for _, m in decoded)
-        if needed:
-            await self._load_baselines(processor, needed)
         out = processor.process(decoded)
         slot.held.append(event)
         await self._publish_stage2(slot, out)
 
-    async def _load_baselines(self, processor: BudgetTotals, needed: list[BaselineRequest]) -> None:
-        loop = asyncio.get_running_loop()
-        for request in needed:
-            budget = request.budget
-            rows: list[tuple[int, int, int]] = []
-            if self.baseline_reader is not None:
-                try:
-                    rows = await loop.run_in_executor(
-                        None,
-                        self.baseline_reader,
-                        budget,
-                        request.start,
-                        request.until,
-                        request.bucket_ms,
-                    )
-                except Exception as exc:
-                    log.error(
-                        "baseline for budget %s unavailable, counting from zero: %s",
-                        budget.budget_id,
-                        exc,
-                    )
-            cost, tokens = sum(r[1] for r in rows), sum(r[2] for r in rows)
-            if request.bucket_ms:
-                processor.set_rolling_baseline(budget.budget_id, rows)
-            else:
-                processor.set_baseline(budget.budget_id, request.start, cost, tokens)
-            log.info(
-                "budget %s starts from %d nano-USD / %d tokens already spent in [%d, %d)",
-                budget.budget_id,
-                cost,
-                tokens,
-                request.start,
-                request.until,
-            )
+    def _start_baselines(self, slot: _PartitionSlot, requests: list[BaselineRequest]) -> None:
+        for request in requests:
+            self.stats["baselines"] += 1
+            self.app.loop.create_task(self._load_baseline(slot, request))
+
+    async def _load_baseline(self, slot: _PartitionSlot, request: BaselineRequest) -> None:
+        """Once the sink committed past the split: the version's baseline from ClickHouse
+        (retried until it is read; the total waits for it, nothing is counted from zero)."""
+        view = self.sink_view
+        if view is None:
+            rows: list[tuple[int, int, int]] | None = []
+        else:
+            if not await self._sink_past(
+                request.partition,
+                request.split - 1,
+                lambda: self.stage2.get(slot.partition) is slot,
+            ):
+                return
+            rows = await self._clickhouse(lambda: view.baseline(request))
+        if rows is None or self.stage2.get(slot.partition) is not slot:
+            return
+        budget = request.budget
+        log.info(
+            "budget %s (version %s) starts from %d rows of ClickHouse spend before offset %d "
+            "of partition %d",
+            budget.budget_id,
+            budget.total_version,
+            len(rows),
+            request.split,
+            request.partition,
+        )
+        out = slot.processor.set_baseline(request, rows)
+        await self._publish_stage2(slot, out)
 
     async def _publish_stage2(self, slot: _PartitionSlot, out: Stage2Output) -> None:
         producer = self.app.producer
         for budget_id, value in out.enforcement:
-            await producer.send(
+            fut = await producer.send(
                 self.settings.topic_enforcement, budget_id.encode(), value, None, None, None
             )
+            self._sent(slot, fut, "enforcement record")
         if out.alerts:
             await self._send_alerts(slot, out.alerts)
+        if out.baselines:
+            self._start_baselines(slot, out.baselines)
+
+    # ------------------------------------------------------------------ the timer
+
+    async def tick_all(self) -> None:
+        """Budget changes and idle partitions, between batches (see stage1/stage2 ``tick``)."""
+        now = events_now_ms()
+        consumer = getattr(self.app, "consumer", None)
+        for tp in self._assigned(self.settings.topic_events):
+            if not self._recovered():
+                break
+            slot = self._slot1(tp.partition)
+            processor: PartitionAggregator = slot.processor
+            caught_up = False
+            if consumer is not None and time.monotonic() - slot.last_batch_at > (
+                self.config.stage1.idle_timeout_ms / 1000
+            ):
+                high = consumer.highwater(tp)
+                caught_up = high is not None and processor.applied + 1 >= high
+            out = processor.tick(now, caught_up)
+            await self._publish_stage1(slot, out, IDLE_CLOCK_EVERY_S)
+        for slot in list(self.stage2.values()):
+            if self.stage2.get(slot.partition) is slot:
+                await self._publish_stage2(slot, slot.processor.tick(now))
+
+    def _assigned(self, topic: str) -> list[TP]:
+        try:
+            assignment = self.app.consumer.assignment()
+        except Exception:  # not started, or between generations
+            return []
+        return sorted((tp for tp in assignment if tp.topic == topic), key=lambda tp: tp.partition)
+
+    def _recovered(self) -> bool:
+        recovery = getattr(self.app.tables, "recovery", None)
+        return bool(
+            recovery is not None and recovery.completed.is_set() and not self.app.rebalancing
+        )
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -463,26 +635,44 @@ class Worker:
     async def checkpoint_all(self) -> None:
         """Write every changed partition's state, then ack its batches.
 
-        One partition's checkpoint (snapshot, changelog writes, acks) runs with no await in
-        between, so it is atomic in the event loop; the loop runs other work between
-        partitions, so that a large state holds it up for one partition at a time.
+        A partition is checkpointed only once everything its state says was published is
+        acknowledged by the broker (partials, alerts, enforcement records, dead letters,
+        rollup rows). One partition's checkpoint (snapshot, changelog writes, acks) runs with
+        no await in between, so it is atomic in the event loop.
         """
         if self._rollup_producer is not None:
             self._rollup_producer.poll(0)
         for slot in list(self.stage1.values()):
-            if (
-                self.stage1.get(slot.partition) is slot
-                and slot.held
-                and not slot.inflight
-                and not slot.rollups
-                and not slot.rollups_unacked
-            ):
+            if self.stage1.get(slot.partition) is slot and slot.held and slot.settled():
                 self._checkpoint1(slot)
                 await asyncio.sleep(0)
         for slot in list(self.stage2.values()):
-            if self.stage2.get(slot.partition) is slot and slot.held and not slot.inflight:
+            if self.stage2.get(slot.partition) is slot and slot.held and slot.settled():
                 self._checkpoint2(slot)
                 await asyncio.sleep(0)
+        self._report_unsettled()
+
+    def _report_unsettled(self) -> None:
+        """Log a partition whose checkpoint has waited long for acknowledgements."""
+        now = time.monotonic()
+        for stage, slots in (("stage1", self.stage1), ("stage2", self.stage2)):
+            for slot in slots.values():
+                if not slot.held:
+                    slot.waiting_since = 0.0
+                elif not slot.waiting_since:
+                    slot.waiting_since = now
+                elif now - slot.waiting_since > 30 and now - slot.reported_at > 30:
+                    slot.reported_at = now
+                    log.warning(
+                        "%s partition %d: %d batches wait for their checkpoint for %.0fs "
+                        "(%d sends and %d rollup rows not acknowledged)",
+                        stage,
+                        slot.partition,
+                        len(slot.held),
+                        now - slot.waiting_since,
+                        len(slot.sends),
+                        slot.rollups_unacked,
+                    )
 
     def _checkpoint1(self, slot: _PartitionSlot) -> None:
         processor: PartitionAggregator = slot.processor
@@ -492,7 +682,7 @@ class Worker:
         if ids:
             self._write(self.table1, slot.partition, f"{prefix}|dd|{epoch}", _msgpack_encode(ids))
             slot.dd_chunks.append([epoch, max(m for m, _ in ids)])
-        horizon = processor.watermark - processor.config.allowed_lateness_ms - 60_000
+        horizon = processor.memory_horizon
         expired = [c for c in slot.dd_chunks if c[1] < horizon]
         slot.dd_chunks = [c for c in slot.dd_chunks if c[1] >= horizon]
         state = {"stage": processor.snapshot(), "dd": slot.dd_chunks}
@@ -540,7 +730,12 @@ class Worker:
             redirect_stdouts=False,
             override_logging=False,
         )
-        worker.execute_from_commandline()
+        try:
+            worker.execute_from_commandline()
+        finally:
+            self.alert_log.stop()
+            if self.sink_view is not None:
+                self.sink_view.close()
 
 
 #: cyclic-GC thresholds of a worker process. With CPython's default (700, 10, 10) full
@@ -567,21 +762,17 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def current_totals(worker: Worker) -> Mapping[tuple[str, int], int]:
-    """Budget totals known to this process's stage 2 (cost, for diagnostics and tests)."""
+    """Budget totals known to this process's stage 2: (budget_id, period start) -> spend in
+    the budget's unit (for diagnostics and tests; periods still waiting for a baseline are
+    left out)."""
     found: dict[tuple[str, int], int] = {}
     for slot in worker.stage2.values():
         processor: BudgetTotals = slot.processor
-        for key, bucket in processor.buckets.items():
-            found[key] = bucket.total(1)
+        for budget_id, version, start in list(processor.buckets):
+            budget = worker.budgets.get(budget_id)
+            if budget is None or budget.total_version != version:
+                continue
+            spent = processor.spent(budget, start)
+            if spent is not None:
+                found[(budget_id, start)] = spent
     return found
-
-
-def clickhouse_baseline_reader(settings: Settings) -> Any:
-    """Spend so far in a period from ClickHouse (token_events), for mid-period budgets."""
-
-    def reader(
-        budget: Budget, start: int, until: int, bucket_ms: int
-    ) -> list[tuple[int, int, int]]:
-        return read_baseline(settings, budget, start, until, bucket_ms)
-
-    return reader

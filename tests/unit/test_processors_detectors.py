@@ -95,10 +95,16 @@ def test_spike_needs_history_floor_and_factor() -> None:
 
 
 def test_alert_ids_are_deterministic_and_distinct() -> None:
-    a = threshold_alert_id("b1", 1000, 80)
-    assert a == threshold_alert_id("b1", 1000, 80)
-    assert len({a, threshold_alert_id("b1", 1000, 100), threshold_alert_id("b1", 2000, 80)}) == 3
-    assert runaway_alert_id("s", "cost") != runaway_alert_id("s", "turns")
+    a = threshold_alert_id("b1", "v1", 1000, 80)
+    assert a == threshold_alert_id("b1", "v1", 1000, 80)
+    others = {
+        threshold_alert_id("b1", "v1", 1000, 100),
+        threshold_alert_id("b1", "v1", 2000, 80),
+        threshold_alert_id("b1", "v2", 1000, 80),  # a changed definition alerts afresh
+    }
+    assert len({a, *others}) == 4
+    assert runaway_alert_id("o", "s", "cost") != runaway_alert_id("o", "s", "turns")
+    assert runaway_alert_id("o1", "s", "cost") != runaway_alert_id("o2", "s", "cost")
     assert spike_alert_id("org_id=a", 60_000) != spike_alert_id("org_id=b", 60_000)
 
 

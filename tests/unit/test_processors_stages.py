@@ -6,14 +6,23 @@ import dataclasses
 import random
 import uuid
 import zlib
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from streams.budgets import Budget, StaticBudgets, budget_from_spec
 from streams.events import partition_key
 from streams.generate import Shape, generate_events
 from streams.pricing import default_catalog
-from streams.processors.stage1 import PartitionAggregator, Stage1Config
-from streams.processors.stage2 import BudgetTotals
+from streams.processors.stage1 import PartitionAggregator, Stage1Config, Stage1Output
+from streams.processors.stage2 import (
+    BaselineRequest,
+    BudgetTotals,
+    Stage2Config,
+    Stage2Output,
+    pack_partials,
+)
 from streams.serde import AvroCodec
 
 CODEC = AvroCodec("token_event")
@@ -26,6 +35,7 @@ class Rec:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: int | None = None  # the broker's append time; None: the processor's clock
 
 
 def event(**fields: Any) -> dict[str, Any]:
@@ -57,8 +67,17 @@ def event(**fields: Any) -> dict[str, Any]:
     return base
 
 
-def records(events: list[dict[str, Any]], start: int = 0) -> list[Rec]:
-    return [Rec(start + i, partition_key(e), CODEC.encode(e)) for i, e in enumerate(events)]
+def records(events: list[dict[str, Any]], start: int = 0, arrival: int | None = None) -> list[Rec]:
+    """Records as the broker stamps them: at ``arrival``, else at each event's own time."""
+    return [
+        Rec(
+            start + i,
+            partition_key(e),
+            CODEC.encode(e),
+            e["event_time"] if arrival is None else arrival,
+        )
+        for i, e in enumerate(events)
+    ]
 
 
 def aggregator(
@@ -77,8 +96,102 @@ def aggregator(
 ORG = budget_from_spec({"id": "acme", "scope": {"org": "acme"}, "limit_usd": "0.00001"})
 
 
+class Pipeline:
+    """Stage 1 per partition, its packs into one stage 2, baselines and lookups answered at
+    once (``baseline(request) -> rows``; lookups: every deferred record counted)."""
+
+    def __init__(
+        self,
+        budgets: list[Budget],
+        partitions: int = 1,
+        now: int = T0 + MIN,
+        baseline: Callable[[BaselineRequest], list[tuple[int, int, int]]] | None = None,
+        **config: Any,
+    ) -> None:
+        self.now = now
+        self.view = StaticBudgets(budgets)
+        cfg = Stage1Config(**config)
+        self.aggs = [
+            PartitionAggregator(
+                p, CODEC.decode, default_catalog(), self.view, cfg, now_ms=self.clock
+            )
+            for p in range(partitions)
+        ]
+        self.partitions = partitions
+        self.totals = BudgetTotals(
+            self.view,
+            Stage2Config(
+                partitions=partitions,
+                close_after_ms=cfg.close_after_ms,
+                hold_ms=cfg.hold_ms,
+                baselines=baseline is not None,
+            ),
+            now_ms=self.clock,
+        )
+        self.baseline = baseline
+        self.requests: list[BaselineRequest] = []
+        self.offset = 0
+        self.alerts: list[dict[str, Any]] = []
+        self.enforcement: list[tuple[str, bytes | None]] = []
+
+    def clock(self) -> int:
+        return self.now
+
+    def process(self, partition: int, recs: list[Rec]) -> Stage1Output:
+        out = self.aggs[partition].process(recs)
+        self.feed(partition, out)
+        if out.lookups:
+            self.feed(
+                partition, self.aggs[partition].resolve({x.offset: True for x in out.lookups})
+            )
+        return out
+
+    def tick(self, caught_up: bool = True) -> None:
+        for p, agg in enumerate(self.aggs):
+            self.feed(p, agg.tick(self.now, caught_up))
+        self.collect(self.totals.tick(self.now))
+
+    def feed(self, partition: int, out: Stage1Output) -> None:
+        self.alerts.extend(out.alerts)
+        packs = pack_partials(
+            partition,
+            out.seq,
+            out.clock,
+            out.budget_partials,
+            out.org_partials,
+            out.announces,
+            self.partitions,
+            everywhere=True,
+        )
+        messages = []
+        for pack in packs.values():
+            messages.append((self.offset, pack))
+            self.offset += 1
+        self.collect(self.totals.process(messages))
+
+    def collect(self, out: Stage2Output) -> None:
+        self.alerts.extend(out.alerts)
+        self.enforcement.extend(out.enforcement)
+        for request in out.baselines:
+            self.requests.append(request)
+            assert self.baseline is not None
+            self.collect(self.totals.set_baseline(request, self.baseline(request)))
+
+    def spent(self, budget: Budget, start: int) -> int | None:
+        return self.totals.spent(budget, start)
+
+    def total(self, budget: Budget) -> int:
+        starts = {s for (b, v, s) in self.totals.buckets if b == budget.budget_id}
+        return sum(self.spent(budget, s) or 0 for s in starts)
+
+
 def org_total(agg: PartitionAggregator) -> int:
     return sum(acc[0] for (org, _), acc in agg.org_minutes.items() if org == "acme")
+
+
+def ids_of(agg: PartitionAggregator) -> set[bytes]:
+    arrays = [a for minute in agg.memory._minutes.values() for a in minute]
+    return set(np.concatenate(arrays).tolist()) if arrays else set()
 
 
 def test_inlined_cost_equals_the_pricing_engine() -> None:
@@ -91,6 +204,7 @@ def test_inlined_cost_equals_the_pricing_engine() -> None:
     agg = aggregator([everything], now=max(e["event_time"] for e in events) + 1)
     out = agg.process(records(events))
     assert not out.dead
+    assert not out.lookups
     expected = sum(catalog.price(e).cost_nanos for e in events)
     assert sum(acc[0] for acc in agg.partials.values()) == expected
 
@@ -100,24 +214,33 @@ def test_duplicates_late_invalid_and_garbage() -> None:
     late = event(event_time=T0 + 10 * MIN - 6 * MIN)
     within = event(event_time=T0 + 10 * MIN - 4 * MIN)
     bad = event(input_tokens=-1)
-    recs = records([first, dict(first), late, within, bad])
+    recs = records([first, dict(first), late, within, bad], arrival=T0 + 10 * MIN)
     recs.append(Rec(len(recs), b"k", b"\x00\x00garbage"))
     agg = aggregator([ORG], now=T0 + 11 * MIN, allowed_lateness_ms=5 * MIN)
     out = agg.process(recs)
-    assert out.counted == 2
+    # late for its rollup window, never for budgets
+    assert out.counted == 3
     assert out.duplicates == 1
     kinds = sorted(d.kind for d in out.dead)
-    assert kinds == ["decode", "invalid", "late"]
+    assert kinds == ["decode", "invalid"]
     assert "input_tokens is negative" in next(d.reason for d in out.dead if d.kind == "invalid")
-    assert org_total(agg) == 2_000
+    assert sum(acc[0] for acc in agg.partials.values()) == 3_000
+    assert org_total(agg) == 2_000  # spike detection reads on-time events only
+    assert [row[3] for row in out.late_rows] == [2]  # the late one: a rollup row of its own
 
 
-def test_budget_created_mid_period_counts_from_the_next_minute() -> None:
-    budget = budget_from_spec({"id": "b", "scope": {"org": "acme"}, "limit_usd": 1}, now_ms=T0 + 30)
-    agg = aggregator([budget])
-    agg.process(records([event(event_time=T0 + 10), event(event_time=T0 + MIN + 5)]))
+def test_a_budget_added_mid_stream_counts_from_its_split() -> None:
+    view = StaticBudgets([])
+    agg = PartitionAggregator(0, CODEC.decode, default_catalog(), view, now_ms=lambda: T0)
+    agg.process(records([event(event_time=T0 + 10), event(event_time=T0 + 20)]))
+    budget = budget_from_spec({"id": "b", "scope": {"org": "acme"}, "limit_usd": 1})
+    view.matcher = StaticBudgets([budget]).matcher
+    view._budgets = {"b": budget}
+    out = agg.process(records([event(event_time=T0 + 5)], start=2))  # late, after the split
+    assert out.announces == [["b", budget.total_version, 2, T0 + 5]]
     ((_key, acc),) = agg.partials.items()
-    assert acc[2] == 1  # the event before counting_from is left to the ClickHouse baseline
+    assert acc[2] == 1  # the two events before the split are the ClickHouse baseline's
+    assert acc[7:] == [2, T0 + 5]
 
 
 def _split(events: list[dict[str, Any]], partitions: int) -> list[list[dict[str, Any]]]:
@@ -150,21 +273,26 @@ def test_two_stages_give_exact_org_and_team_totals() -> None:
         ),
     }
     now = T0 + 30 * MIN
-    partials = []
+    view = StaticBudgets(budgets)
+    packs = []
     for p, part in enumerate(_split(events, 3)):
-        agg = aggregator(budgets, partition=p, now=now)
+        agg = PartitionAggregator(p, CODEC.decode, default_catalog(), view, now_ms=lambda: now)
         recs = records(part)
         for i in range(0, len(recs), 97):
-            partials.extend(agg.process(recs[i : i + 97]).partials)
-    # stage 2 sees partials out of order and twice: totals must not move
+            out = agg.process(recs[i : i + 97])
+            for pack in pack_partials(
+                p, out.seq, out.clock, out.budget_partials, out.org_partials, out.announces, 3
+            ).values():
+                packs.append(pack)
+    # stage 2 sees packs out of order and twice: totals must not move
     rng = random.Random(1)
-    delivered = partials + rng.sample(partials, len(partials) // 2)
+    delivered = packs + rng.sample(packs, len(packs) // 2)
     rng.shuffle(delivered)
-    totals = BudgetTotals(StaticBudgets(budgets), now_ms=lambda: now)
+    totals = BudgetTotals(view, Stage2Config(partitions=3, baselines=False), now_ms=lambda: now)
     totals.process(list(enumerate(delivered)))
     for budget in budgets:
-        starts = {s for (b, s) in totals.buckets if b == budget.budget_id}
-        spent = sum(totals.spent(budget, s)[0] for s in starts)
+        starts = {s for (b, _, s) in totals.buckets if b == budget.budget_id}
+        spent = sum(totals.spent(budget, s) or 0 for s in starts)
         assert spent == truth[budget.budget_id], budget.budget_id
 
 
@@ -185,9 +313,11 @@ def test_restore_and_replay_count_every_event_once() -> None:
     restarted.load_ids(saved_ids)
     out = restarted.process(recs[400:])  # replay from an older committed offset
     assert out.skipped == 200
-    assert restarted.partials == whole.partials
+    assert {k: v[:5] for k, v in restarted.partials.items()} == {
+        k: v[:5] for k, v in whole.partials.items()
+    }
     assert restarted.org_minutes == whole.org_minutes
-    assert restarted.seen == whole.seen
+    assert ids_of(restarted) == ids_of(whole)
 
 
 def test_thresholds_fire_once_and_block_mode_publishes_a_block() -> None:
@@ -200,61 +330,79 @@ def test_thresholds_fire_once_and_block_mode_publishes_a_block() -> None:
             "period": "day",
         }
     )
-    agg = aggregator([budget])
-    totals = BudgetTotals(StaticBudgets([budget]), now_ms=lambda: T0)
-    alerts: list[dict[str, Any]] = []
-    blocks = []
-    offset = 0
+    pipe = Pipeline([budget], now=T0)
     for i in range(12):
-        out1 = agg.process(records([event(event_time=T0 + i)], start=i))
-        msgs = [(offset + j, m) for j, m in enumerate(out1.partials + out1.partials)]
-        offset += len(msgs)
-        out2 = totals.process(msgs)
-        alerts.extend(out2.alerts)
-        blocks.extend(out2.enforcement)
+        out = pipe.aggs[0].process(records([event(event_time=T0 + i)], start=i))
+        pipe.feed(0, out)
+        pipe.feed(0, out)  # delivered twice: nothing changes
+    alerts = pipe.alerts
     assert [a["threshold_pct"] for a in alerts] == [50, 80, 100]
     crossing = alerts[-1]
     assert crossing["spent"] == 10_000
     assert crossing["limit"] == 10_000
     assert crossing["event_id"] is not None
-    assert len(blocks) == 1
-    assert blocks[0][0] == "team"
+    assert len(pipe.enforcement) == 1
+    assert pipe.enforcement[0][0] == "team"
 
 
 def test_baseline_is_added_to_the_period() -> None:
-    budget = budget_from_spec(
-        {"id": "b", "scope": {"org": "acme"}, "limit_usd": "0.00001"}, now_ms=T0 + MIN
-    )
-    agg = aggregator([budget])
-    out = agg.process(records([event(event_time=T0 + 3 * MIN)]))
-    totals = BudgetTotals(StaticBudgets([budget]), now_ms=lambda: T0)
-    msgs = list(enumerate(out.partials))
-    needed = totals.baselines_needed(m for _, m in msgs)
-    assert [(r.budget.budget_id, r.until, r.bucket_ms) for r in needed] == [
-        ("b", budget.counting_from, 0)
-    ]
-    totals.set_baseline("b", needed[0].start, 4_000, 0)
-    out2 = totals.process(msgs)
-    assert [a["threshold_pct"] for a in out2.alerts] == [50]
-    assert out2.alerts[0]["spent"] == 5_000
+    budget = budget_from_spec({"id": "b", "scope": {"org": "acme"}, "limit_usd": "0.00001"})
+
+    def clickhouse(request: BaselineRequest) -> list[tuple[int, int, int]]:
+        return [(request.start, 4_000, 0)] if request.start <= T0 < request.until else []
+
+    pipe = Pipeline([budget], now=T0 + 5 * MIN, baseline=clickhouse)
+    pipe.process(0, records([event(event_time=T0 + 3 * MIN)]))
+    assert [(r.partition, r.split, r.bucket_ms) for r in pipe.requests][:1] == [(0, 0, 0)]
+    assert [a["threshold_pct"] for a in pipe.alerts] == [50]
+    assert pipe.alerts[0]["spent"] == 5_000
 
 
-def test_rollups_close_after_grace_and_late_rows_are_revisions() -> None:
+def test_rollup_rows_are_final_and_late_events_get_rows_of_their_own() -> None:
     agg = aggregator([], now=T0 + 10 * MIN, rollup_grace_ms=5_000, allowed_lateness_ms=5 * MIN)
     base = T0 - T0 % MIN
     out = agg.process(records([event(event_time=base + 1), event(event_time=base + 2)]))
     assert out.rollups == []
-    out = agg.process(records([event(event_time=base + MIN + 6_000)], start=2))
-    assert len(out.rollups) == 1
-    assert out.rollups[0]["requests"] == 2
-    assert out.rollups[0]["revision"] == 0
-    out = agg.process(
-        records([event(event_time=base + 3), event(event_time=base + MIN + 7_000)], start=3)
-    )
+    closes = base + MIN + 5 * MIN + 5_000
+    out = agg.process(records([event(event_time=closes)], start=2))
+    assert [(r["requests"], r["segment"]) for r in out.rollups] == [(2, "")]
+    out = agg.process(records([event(event_time=base + 3)], start=3, arrival=closes + 1))
     late = [r for r in out.rollups if r["window_start"] == base]
-    assert [(r["requests"], r["revision"]) for r in late] == [(1, 1)]
+    assert [(r["requests"], r["segment"]) for r in late] == [(1, "late:3")]
     codec = AvroCodec("rollup_1m")
     assert codec.decode(codec.encode(late[0])) == late[0]
+
+
+def test_rolling_budget_counts_its_window_from_clickhouse_and_slides() -> None:
+    budget = budget_from_spec(
+        {
+            "id": "r",
+            "scope": {"org": "acme"},
+            "period": "rolling",
+            "window": "1h",
+            "limit_usd": "0.00001",
+        }
+    )
+    early = T0 - T0 % MIN - 20 * MIN
+
+    def clickhouse(request: BaselineRequest) -> list[tuple[int, int, int]]:
+        assert request.bucket_ms == MIN  # 1/60 of the window
+        return [(early, 4_000, 40)] if request.start <= early < request.until else []
+
+    pipe = Pipeline([budget], now=T0 + 5 * MIN, baseline=clickhouse)
+    pipe.process(0, records([event(event_time=T0 + 3 * MIN)]))
+    # once per threshold per window-aligned epoch: the windows holding both buckets end in two
+    assert {a["threshold_pct"] for a in pipe.alerts} == {50}
+    assert {a["spent"] for a in pipe.alerts} == {5_000}  # 4,000 before the split + 1,000 streamed
+    assert len({a["alert_id"] for a in pipe.alerts}) == len(pipe.alerts) <= 2
+    # an hour later the baseline bucket has left the window; the streamed event has not
+    later = early + 3_600_000 + 2 * MIN
+    pipe.process(0, records([event(event_time=later)], start=1))
+    end = later - later % MIN + MIN
+    assert pipe.totals.window_spent(budget, end) == 2_000
+    restored = BudgetTotals(pipe.view, pipe.totals.config, now_ms=pipe.clock)
+    restored.restore(pipe.totals.snapshot())
+    assert restored.window_spent(budget, end) == 2_000
 
 
 def test_runaway_session_alert_once() -> None:
@@ -290,46 +438,6 @@ def test_checkpoint_round_trip_and_torn_write() -> None:
     again.restore(restored["stage"])
     assert again.windows == agg.windows
     assert again.sessions.keys() == agg.sessions.keys()
-
-
-def test_rolling_budget_created_mid_window_starts_from_its_window_and_slides() -> None:
-    budget = budget_from_spec(
-        {
-            "id": "r",
-            "scope": {"org": "acme"},
-            "period": "rolling",
-            "window": "1h",
-            "limit_usd": "0.00001",
-        },
-        now_ms=T0,
-    )
-    agg = aggregator([budget], now=T0 + 2 * 3_600_000)
-    totals = BudgetTotals(StaticBudgets([budget]), now_ms=lambda: T0 + 5 * MIN)
-    out = agg.process(records([event(event_time=T0 + 3 * MIN)]))
-    msgs = list(enumerate(out.partials))
-    needed = totals.baselines_needed(m for _, m in msgs)
-    assert len(needed) == 1
-    request = needed[0]
-    assert request.bucket_ms == MIN  # 1/60 of the window
-    assert request.until == budget.counting_from
-    assert request.start <= budget.counting_from - 3_600_000 < request.start + MIN
-    early = request.start + 10 * MIN
-    totals.set_rolling_baseline("r", [(early, 4_000, 40)])
-    assert totals.baselines_needed(m for _, m in msgs) == []  # read once
-    out2 = totals.process(msgs)
-    assert [a["threshold_pct"] for a in out2.alerts] == [50]
-    assert out2.alerts[0]["spent"] == 5_000  # 4,000 before creation + 1,000 streamed
-    # an hour later the baseline bucket has left the window; the streamed event has not
-    late = early + 3_600_000 + 2 * MIN
-    out3 = agg.process(records([event(event_time=late)], start=1))
-    totals.process([(len(msgs) + i, m) for i, m in enumerate(out3.partials)])
-    spent, since, _ = totals.spent(budget, late - late % MIN)
-    assert since > early
-    assert spent == 2_000
-    restored = BudgetTotals(StaticBudgets([budget]), now_ms=lambda: T0 + 5 * MIN)
-    restored.restore(totals.snapshot())
-    assert restored.spent(budget, late - late % MIN)[0] == 2_000
-    assert restored.baselines_needed(m for _, m in msgs) == []
 
 
 def test_prices_change_at_their_effective_minute() -> None:
