@@ -137,6 +137,12 @@ class Pipeline:
     def clock(self) -> int:
         return self.now
 
+    def set_budgets(self, budgets: list[Budget]) -> None:
+        """The budgets view changes (a budget created, edited or deleted)."""
+        fresh = StaticBudgets(budgets)
+        self.view.matcher = fresh.matcher
+        self.view._budgets = fresh._budgets
+
     def process(self, partition: int, recs: list[Rec]) -> Stage1Output:
         out = self.aggs[partition].process(recs)
         self.feed(partition, out)
@@ -351,9 +357,11 @@ def test_baseline_is_added_to_the_period() -> None:
     def clickhouse(request: BaselineRequest) -> list[tuple[int, int, int]]:
         return [(request.start, 4_000, 0)] if request.start <= T0 < request.until else []
 
-    pipe = Pipeline([budget], now=T0 + 5 * MIN, baseline=clickhouse)
-    pipe.process(0, records([event(event_time=T0 + 3 * MIN)]))
-    assert [(r.partition, r.split, r.bucket_ms) for r in pipe.requests][:1] == [(0, 0, 0)]
+    pipe = Pipeline([], now=T0 + 5 * MIN, baseline=clickhouse)
+    pipe.process(0, records([event(event_time=T0 + 2 * MIN)]))  # before the budget: ClickHouse
+    pipe.set_budgets([budget])
+    pipe.process(0, records([event(event_time=T0 + 3 * MIN)], start=1))
+    assert [(r.partition, r.split, r.bucket_ms) for r in pipe.requests][:1] == [(0, 1, 0)]
     assert [a["threshold_pct"] for a in pipe.alerts] == [50]
     assert pipe.alerts[0]["spent"] == 5_000
 
@@ -389,15 +397,17 @@ def test_rolling_budget_counts_its_window_from_clickhouse_and_slides() -> None:
         assert request.bucket_ms == MIN  # 1/60 of the window
         return [(early, 4_000, 40)] if request.start <= early < request.until else []
 
-    pipe = Pipeline([budget], now=T0 + 5 * MIN, baseline=clickhouse)
-    pipe.process(0, records([event(event_time=T0 + 3 * MIN)]))
+    pipe = Pipeline([], now=T0 + 5 * MIN, baseline=clickhouse)
+    pipe.process(0, records([event(event_time=T0 + 2 * MIN, org_id="other")]))
+    pipe.set_budgets([budget])
+    pipe.process(0, records([event(event_time=T0 + 3 * MIN)], start=1))
     # once per threshold per window-aligned epoch: the windows holding both buckets end in two
     assert {a["threshold_pct"] for a in pipe.alerts} == {50}
     assert {a["spent"] for a in pipe.alerts} == {5_000}  # 4,000 before the split + 1,000 streamed
     assert len({a["alert_id"] for a in pipe.alerts}) == len(pipe.alerts) <= 2
     # an hour later the baseline bucket has left the window; the streamed event has not
     later = early + 3_600_000 + 2 * MIN
-    pipe.process(0, records([event(event_time=later)], start=1))
+    pipe.process(0, records([event(event_time=later)], start=2))
     end = later - later % MIN + MIN
     assert pipe.totals.window_spent(budget, end) == 2_000
     restored = BudgetTotals(pipe.view, pipe.totals.config, now_ms=pipe.clock)
