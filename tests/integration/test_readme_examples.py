@@ -189,7 +189,7 @@ def _alert(kind: str, alert_id: str, message: str, severity: str) -> bytes:
 
 def test_the_alert_consumer_prints_each_alert_once(kafka_settings, new_topic):
     topic = new_topic("readme.alerts")
-    crossed = threshold_alert_id("platform-opus", 1_796_000_000_000, 100)
+    crossed = threshold_alert_id("platform-opus", "0123456789abcdef", 1_796_000_000_000, 100)
     spike = spike_alert_id("org_id=acme", 1_796_030_100_000)
     first = _alert("threshold_crossed", crossed, "budget platform-opus reached 100%", "critical")
     unknown = _alert("runaway_session", "x" * 32, "written with another schema", "critical")
