@@ -170,14 +170,17 @@ def test_secure_run_prints_no_credential(secure_stack, tmp_path):
         wrong_kafka = {**env, "SPENDSTREAM_KAFKA_SASL_PASSWORD": "wrong-kafka-pw"}
         wrong_clickhouse = {**env, "SPENDSTREAM_CLICKHOUSE_REPORTS_PASSWORD": "wrong-ch-pw"}
         wrong_writer = {**env, "SPENDSTREAM_CLICKHOUSE_PASSWORD": "wrong-ch-pw"}
+        seen: list[list[str]] = []
         for args, bad_env, expected in (
             (["budgets", "list"], wrong_kafka, b"rejected the login of user 'admin'"),
             (["sink"], wrong_kafka, b"rejected the login of user 'admin'"),
             (["worker"], wrong_kafka, b"rejected the login of user 'admin'"),
             (["report", "spend", *window], wrong_clickhouse, b"refused user 'reports'"),
             (["migrate"], wrong_writer, b"refused user 'writer'"),
+            (["sink"], wrong_writer, b"refused user 'writer'"),
         ):
-            failed = _run(args, bad_env, out, f"wrong-{args[0]}", timeout=90)
+            failed = _run(args, bad_env, out, f"wrong-{len(seen)}-{args[0]}", timeout=90)
+            seen.append(args)
             assert failed.returncode != 0, args
             assert expected in failed.stderr, (args, failed.stderr.decode()[-2000:])
             assert b"Traceback" not in failed.stderr, (args, failed.stderr.decode()[-3000:])

@@ -152,3 +152,14 @@ def test_reports_password_without_user_is_a_settings_error():
         )
     )
     assert "xyzzy" not in shown
+
+
+def test_local_up_has_a_secure_flag_naming_its_variable():
+    from click.testing import CliRunner
+
+    from streams.cli import main
+
+    result = CliRunner().invoke(main, ["local", "up", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert "--secure / --no-secure" in result.output
+    assert "SPENDSTREAM_LOCAL_SECURE" in result.output
