@@ -26,6 +26,11 @@ _HANDSHAKE_STATE = "in state APIVERSION_QUERY"
 #: that many such drops in a row and no answer: the security protocol is wrong
 HANDSHAKE_DROPS = 3
 _AUTH_CODES = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
+#: TLS errors that say the certificate was refused (not a dropped connection mid-handshake,
+#: which a restarting broker also causes)
+_UNTRUSTED = ("certificate", "verify failed", "alert")
+#: TLS spoken to a listener that does not speak it
+_PLAINTEXT_LISTENER = ("wrong version number", "packet length too long")
 _DENIED_CODES = {
     KafkaError.TOPIC_AUTHORIZATION_FAILED,
     KafkaError.CLUSTER_AUTHORIZATION_FAILED,
@@ -64,9 +69,10 @@ def auth_failure(settings: Settings, error: KafkaError) -> AuthError | None:
             f"{settings.kafka_sasl_username!r} ({settings.kafka_sasl_mechanism}): check "
             f"{env_name('kafka_sasl_username')} and {env_name('kafka_sasl_password')} ({text})"
         )
-    if code == KafkaError._SSL or (
-        code == KafkaError._TRANSPORT and ("SSL" in text or "certificate" in text)
-    ):
+    tls_error = code in (KafkaError._SSL, KafkaError._TRANSPORT)
+    if tls_error and any(word in text for word in _PLAINTEXT_LISTENER):
+        return _protocol_error(settings)
+    if tls_error and any(word in text for word in _UNTRUSTED):
         return AuthError(
             f"Kafka at {servers}: the TLS handshake failed; if the broker's certificate is not "
             f"trusted, set {env_name('kafka_tls_ca')} to the CA that signed it ({text})"

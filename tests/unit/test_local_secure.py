@@ -115,6 +115,9 @@ def test_the_view_group_matches_what_the_enforcement_view_uses():
         (KafkaError._SSL, "SSL handshake failed: certificate verify failed", "TLS_CA"),
         (KafkaError._TRANSPORT, "error:0A000086:SSL routines::certificate verify failed", "TLS"),
         (KafkaError.TOPIC_AUTHORIZATION_FAILED, "Topic authorization failed", "denied"),
+        (KafkaError._SSL, "SSL handshake failed: sslv3 alert handshake failure", "TLS_CA"),
+        (KafkaError._SSL, "SSL handshake failed: wrong version number", "security protocol"),
+        (KafkaError._SSL, "SSL handshake failed: Disconnected", None),  # a restart, say
         (KafkaError._TRANSPORT, "Connection refused", None),
         (KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down", None),
     ],
