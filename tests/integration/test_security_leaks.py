@@ -17,10 +17,12 @@ from streams.budgets import budget_from_spec, publish
 from streams.cli import main
 from streams.clickhouse import connect
 from streams.events import now_ms
-from streams.generate import Shape, generate_events
 from streams.local._common import free_ports
 
 SPENDSTREAM = [sys.executable, "-m", "streams"]
+
+#: this test's own org: other tests write events to the same stack
+ORG = "sec-leak-org"
 
 SDK_SCRIPT = """
 import sys, time, logging
@@ -28,11 +30,12 @@ from streams.generate import Shape, generate_events
 from streams.sdk.producer import TokenEventProducer
 from streams.settings import Settings
 logging.basicConfig(level=logging.DEBUG)
-count = int(sys.argv[1])
+count, ORG = int(sys.argv[1]), sys.argv[2]
 settings = Settings.from_env()
 print(repr(settings))
 start_ms = int(time.time() * 1000)
-sent = list(generate_events(count, seed=31, shape=Shape(orgs=1, start_ms=start_ms, span_ms=2_000)))
+shape = Shape(orgs=1, start_ms=start_ms, span_ms=2_000)
+sent = [{**e, "org_id": ORG} for e in generate_events(count, seed=31, shape=shape)]
 with TokenEventProducer(settings) as producer:
     producer.watch_enforcement(60)
     for event in sent:
@@ -40,7 +43,7 @@ with TokenEventProducer(settings) as producer:
     assert producer.flush(60) == 0
     print(repr(producer), flush=True)
     print(f"start_ms={start_ms}", flush=True)
-    org = sent[0]["org_id"]
+    org = ORG
     deadline = time.monotonic() + 150
     while producer.check(org_id=org) is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -94,7 +97,7 @@ def test_secure_run_prints_no_credential(secure_stack, tmp_path):
     (metrics_port,) = free_ports(1)
     env = secure_stack.env("services", SPENDSTREAM_LOG_LEVEL="DEBUG")
     count = 400
-    org = next(generate_events(1, seed=31, shape=Shape(orgs=1)))["org_id"]
+    org = ORG
 
     assert _run(["migrate"], env, out, "migrate").returncode == 0
     budgets = tmp_path / "budgets.yaml"
@@ -123,7 +126,7 @@ def test_secure_run_prints_no_credential(secure_stack, tmp_path):
 
         # the SDK, as its restricted user: produce, follow enforcement until blocked
         sdk = subprocess.run(
-            [sys.executable, "-c", SDK_SCRIPT, str(count)],
+            [sys.executable, "-c", SDK_SCRIPT, str(count), ORG],
             env=secure_stack.env("sdk"),
             capture_output=True,
             timeout=300,
@@ -143,7 +146,10 @@ def test_secure_run_prints_no_credential(secure_stack, tmp_path):
             deadline = time.monotonic() + 120
             stored = 0
             while time.monotonic() < deadline:
-                stored = client.query("SELECT count() FROM token_events").result_rows[0][0]
+                stored = client.query(
+                    "SELECT count() FROM token_events WHERE org_id = {org:String}",
+                    parameters={"org": ORG},
+                ).result_rows[0][0]
                 if stored >= count:
                     break
                 time.sleep(0.5)
@@ -157,7 +163,7 @@ def test_secure_run_prints_no_credential(secure_stack, tmp_path):
         window = ["--from", _iso(start_ms - 60_000), "--to", _iso(start_ms + 120_000)]
         for role, role_env in (("services", env), ("reports", secure_stack.env("reports"))):
             report = _run(
-                ["report", "spend", "--by", "org", *window, "--format", "json"],
+                ["report", "spend", "--by", "org", "--org", ORG, *window, "--format", "json"],
                 role_env,
                 out,
                 f"report-{role}",
