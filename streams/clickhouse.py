@@ -14,8 +14,8 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from streams.errors import ClickHouseUnavailable, MigrationError, missing_extra
-from streams.settings import Settings
+from streams.errors import AuthError, ClickHouseUnavailable, MigrationError, missing_extra
+from streams.settings import Settings, env_name
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -58,25 +58,52 @@ def quote_identifier(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
+#: ClickHouse error codes that retrying cannot fix: the login or the user's rights
+AUTH_ERROR_CODES = {"516": "AUTHENTICATION_FAILED", "497": "ACCESS_DENIED", "192": "UNKNOWN_USER"}
+
+
+def auth_error(settings: Settings, exc: Exception) -> AuthError | None:
+    """Our AuthError for a ClickHouse error that says the login or a right is missing."""
+    text = str(exc)
+    for code, name in AUTH_ERROR_CODES.items():
+        if f"Code: {code}." in text or f"({name})" in text:
+            return AuthError(
+                f"ClickHouse at {settings.clickhouse_http_url} refused user "
+                f"{settings.clickhouse_user!r} ({name}): check {env_name('clickhouse_user')} "
+                f"and {env_name('clickhouse_password')}"
+            )
+    return None
+
+
 def connect(settings: Settings, database: str | None = None, **kwargs: Any) -> Client:
-    """A clickhouse-connect client for the server ``settings`` point at (local or external)."""
+    """A clickhouse-connect client for the server ``settings`` point at (local or external).
+
+    A wrong user or password raises AuthError (clickhouse-connect queries on connect).
+    """
     try:
         import clickhouse_connect
+        from clickhouse_connect.driver.exceptions import DatabaseError
     except ImportError as exc:
         raise missing_extra("sink", "clickhouse-connect") from exc
 
     url = urlsplit(settings.clickhouse_http_url)
     secure = url.scheme == "https"
     password = settings.clickhouse_password.reveal() if settings.clickhouse_password else ""
-    return clickhouse_connect.get_client(
-        host=url.hostname or "127.0.0.1",
-        port=url.port or (8443 if secure else 8123),
-        username=settings.clickhouse_user,
-        password=password,
-        secure=secure,
-        database=database or "",
-        **kwargs,
-    )
+    try:
+        return clickhouse_connect.get_client(
+            host=url.hostname or "127.0.0.1",
+            port=url.port or (8443 if secure else 8123),
+            username=settings.clickhouse_user,
+            password=password,
+            secure=secure,
+            database=database or "",
+            **kwargs,
+        )
+    except DatabaseError as exc:
+        refused = auth_error(settings, exc)
+        if refused is not None:
+            raise refused from exc
+        raise
 
 
 def ping(settings: Settings) -> str:
@@ -95,6 +122,8 @@ def check_reachable(settings: Settings, timeout: float = 10.0) -> str:
     while True:
         try:
             return ping(settings)
+        except AuthError:
+            raise  # waiting will not fix credentials
         except Exception as exc:
             if time.monotonic() >= deadline:
                 raise ClickHouseUnavailable(

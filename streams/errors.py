@@ -60,3 +60,15 @@ class MigrationError(SpendstreamError):
 
 class SinkError(SpendstreamError):
     """The ClickHouse sink cannot continue (not raised for bad input, which is dead-lettered)."""
+
+
+class AuthError(SpendstreamError):
+    """Credentials rejected, access denied or a server certificate not trusted.
+
+    Retrying cannot help, so start-up checks raise it at once instead of waiting for a timeout.
+    The message names the server and the settings to fix, never a secret.
+    """
+
+
+class KafkaUnreachableError(SpendstreamError):
+    """No Kafka broker answered a start-up check in time (transient: the caller may wait)."""

@@ -153,6 +153,12 @@ class Settings:
     kafka_tls_ca: Path | None = _field("KAFKA_TLS_CA", _path, None, "CA bundle (PEM)")
     kafka_tls_cert: Path | None = _field("KAFKA_TLS_CERT", _path, None, "client cert (PEM)")
     kafka_tls_key: Path | None = _field("KAFKA_TLS_KEY", _path, None, "client key (PEM)")
+    kafka_check_timeout_s: float = _field(
+        "KAFKA_CHECK_TIMEOUT",
+        _positive_float,
+        10.0,
+        "seconds a start-up check waits for Kafka (bad credentials fail at once)",
+    )
     topic_events: str = _field("TOPIC_EVENTS", _str, "spendstream.events", "token events topic")
     topic_deadletter: str = _field(
         "TOPIC_DEADLETTER", _str, "spendstream.deadletter", "dead-letter topic"
@@ -176,6 +182,12 @@ class Settings:
     clickhouse_user: str = _field("CLICKHOUSE_USER", _str, "default", "ClickHouse user")
     clickhouse_password: Secret | None = _field(
         "CLICKHOUSE_PASSWORD", _secret, None, "ClickHouse password"
+    )
+    clickhouse_reports_user: str | None = _field(
+        "CLICKHOUSE_REPORTS_USER", _str, None, "read-only user of `spendstream report`"
+    )
+    clickhouse_reports_password: Secret | None = _field(
+        "CLICKHOUSE_REPORTS_PASSWORD", _secret, None, "password of the reports user"
     )
     clickhouse_database: str = _field("CLICKHOUSE_DATABASE", _str, "spendstream", "database")
     clickhouse_cluster: str | None = _field(
@@ -252,6 +264,12 @@ class Settings:
         "LOCAL_CLICKHOUSE_TCP_PORT", _port, 19000, "local ClickHouse native port"
     )
     local_kafka_heap: str = _field("LOCAL_KAFKA_HEAP", _str, "1g", "local broker JVM heap")
+    local_secure: bool = _field(
+        "LOCAL_SECURE",
+        _bool,
+        False,
+        "local stack: Kafka SASL_SSL/SCRAM with ACLs, ClickHouse password users",
+    )
     start_timeout_s: float = _field(
         "START_TIMEOUT", _positive_float, 90.0, "seconds to wait for a local service"
     )
@@ -324,6 +342,16 @@ class Settings:
             config["ssl.key.location"] = str(self.kafka_tls_key)
         return config
 
+    def for_reports(self) -> Settings:
+        """These settings with the read-only reports user as the ClickHouse user, when set."""
+        if not self.clickhouse_reports_user:
+            return self
+        return dataclasses.replace(
+            self,
+            clickhouse_user=self.clickhouse_reports_user,
+            clickhouse_password=self.clickhouse_reports_password,
+        )
+
     @property
     def clickhouse_http_url(self) -> str:
         return self.clickhouse_url or f"http://127.0.0.1:{self.local_clickhouse_http_port}"
@@ -353,6 +381,8 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
             f"{PREFIX}WORKER_DEDUP_MEMORY_S: must be at least the allowed lateness + 65 s"
             f" ({lateness + 65})"
         )
+    if values.get("clickhouse_reports_password") and not values.get("clickhouse_reports_user"):
+        problems.append(f"{PREFIX}CLICKHOUSE_REPORTS_PASSWORD: set without a reports user")
     url = values.get("clickhouse_url")
     if url is not None and not url.startswith(("http://", "https://")):
         problems.append(f"{PREFIX}CLICKHOUSE_URL: must start with http:// or https://")

@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.errors import SpendstreamError
+from streams.errors import AuthError, SpendstreamError
+from streams.preflight import denied, kafka_metadata
 from streams.settings import Settings
 
 
@@ -45,13 +46,14 @@ def admin(settings: Settings) -> AdminClient:
 def ensure_topics(
     settings: Settings, specs: Iterable[TopicSpec] | None = None, timeout: float = 30.0
 ) -> None:
-    """Create missing topics; existing ones are left as they are."""
-    client = admin(settings)
+    """Create missing topics; existing ones are left as they are.
+
+    Also the services' start-up check: wrong credentials, an untrusted certificate or a
+    user whose ACLs do not allow creating a missing topic raise AuthError at once.
+    """
     wanted = list(standard_topics(settings) if specs is None else specs)
-    try:
-        existing = set(client.list_topics(timeout=timeout).topics)
-    except KafkaException as exc:
-        raise SpendstreamError(f"Kafka unreachable while listing topics: {exc}") from exc
+    existing = set(kafka_metadata(settings, timeout).topics)
+    client = admin(settings)
     missing = [
         NewTopic(s.name, num_partitions=s.partitions, replication_factor=-1, config=s.config)
         for s in wanted
@@ -64,6 +66,9 @@ def ensure_topics(
             future.result()
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                refused = denied(settings, exc)
+                if refused is not None:
+                    raise AuthError(f"cannot create topic {name}: {refused}") from exc
                 raise SpendstreamError(f"cannot create topic {name}: {exc}") from exc
 
 

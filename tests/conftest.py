@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -31,14 +32,14 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from streams.clickhouse import connect, quote_identifier
-from streams.local import LocalClickHouse, LocalKafka, stack
+from streams.local import LocalClickHouse, LocalKafka, secure, stack
 from streams.local._common import free_ports
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics
 
 STACK_FIXTURES = frozenset(
     {"kafka_settings", "stack_settings", "clickhouse_settings", "clickhouse_client", "new_topic",
-     "local_kafka", "local_clickhouse"}
+     "local_kafka", "local_clickhouse", "secure_stack"}
 )  # fmt: skip
 
 # Stops the services (and removes the home) if the test process dies without running its
@@ -105,6 +106,7 @@ class TestStack:
             "local_kafka_controller_port": s.local_kafka_controller_port,
             "local_clickhouse_http_port": s.local_clickhouse_http_port,
             "local_clickhouse_tcp_port": s.local_clickhouse_tcp_port,
+            "local_secure": s.local_secure,
         }
         self._watchdog = subprocess.Popen(
             [sys.executable, "-c", _WATCHDOG, json.dumps(args)],
@@ -167,6 +169,77 @@ def _test_stack(request: pytest.FixtureRequest) -> Iterator[TestStack]:
         yield test_stack
     finally:
         keep = bool(request.session.testsfailed)  # the services' logs, for the failure report
+        test_stack.stop(keep_home=keep)
+        if keep:
+            _kept_home.append(home)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class SecureStack:
+    """The session's secure local stack (SASL_SSL + SCRAM + ACLs, ClickHouse password users).
+
+    ``services``, ``sdk`` and ``reports`` are the Settings of each role; ``env(role)`` is a
+    subprocess environment with that role's env file; ``passwords`` every secret it made.
+    """
+
+    settings: Settings
+    secrets: secure.LocalSecrets
+
+    @property
+    def services(self) -> Settings:
+        return self.secrets.settings_for(self.settings, "services")
+
+    @property
+    def sdk(self) -> Settings:
+        return self.secrets.settings_for(self.settings, "sdk")
+
+    @property
+    def reports(self) -> Settings:
+        return self.secrets.settings_for(self.settings, "reports")
+
+    @property
+    def passwords(self) -> list[str]:
+        return [p.reveal() for p in self.secrets.passwords.values()]
+
+    def env(self, role: str, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPENDSTREAM_")}
+        env.update(secure.read_env_file(self.secrets.env_path(role)))
+        env["SPENDSTREAM_CACHE_DIR"] = str(self.settings.cache_dir)
+        env.update(extra)
+        return env
+
+
+@pytest.fixture(scope="session")
+def secure_stack(request: pytest.FixtureRequest) -> Iterator[SecureStack]:
+    """A second local stack, secure, on its own free ports and home (started on first use).
+
+    Always local, whatever SPENDSTREAM_* the session was given: it tests our broker setup.
+    """
+    home = Path(tempfile.mkdtemp(prefix="spendstream-secure-"))
+    kafka_port, controller_port, http_port, tcp_port = free_ports(4)
+    base = Settings.from_env({})
+    settings = Settings.from_env(
+        {},
+        home=home,
+        cache_dir=Settings.from_env().cache_dir,
+        local_kafka_port=kafka_port,
+        local_kafka_controller_port=controller_port,
+        local_clickhouse_http_port=http_port,
+        local_clickhouse_tcp_port=tcp_port,
+        local_secure=True,
+        start_timeout_s=base.start_timeout_s * 2,  # TLS + SCRAM: a slower first start
+    )
+    test_stack = TestStack(settings)
+    try:
+        test_stack.kafka()
+        test_stack.clickhouse()
+        found = secure.load(settings)
+        assert found is not None
+        yield SecureStack(settings, found)
+    finally:
+        keep = bool(request.session.testsfailed)
         test_stack.stop(keep_home=keep)
         if keep:
             _kept_home.append(home)

@@ -19,6 +19,7 @@ from rich.table import Table
 from streams.errors import SpendstreamError
 from streams.local import stack
 from streams.local._common import ServiceStatus
+from streams.local.secure import secure_dir
 from streams.settings import Settings, env_name, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -124,6 +125,15 @@ def local() -> None:
     help="JVM heap of the broker, e.g. 1g.",
 )
 @click.option(
+    "--secure/--no-secure",
+    "local_secure",
+    default=None,
+    envvar=env_name("local_secure"),
+    show_envvar=True,
+    help="Kafka with SASL_SSL, SCRAM users and ACLs; ClickHouse with password users. "
+    "Credentials are made once and written to <home>/secure/*.env.",
+)
+@click.option(
     "--timeout",
     "start_timeout_s",
     type=click.FloatRange(min=1),
@@ -147,6 +157,15 @@ def up(with_kafka: bool, with_clickhouse: bool, **overrides: Any) -> None:
         console.print(
             f"[bold]{result.name}[/bold] {verb}: {result.endpoint} "
             f"({result.seconds:.1f}s){'; ' + result.detail if result.detail else ''}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if settings.local_secure:
+        folder = secure_dir(settings)
+        console.print(
+            f"[bold]credentials[/bold] in {folder} (private): services.env (worker, sink, "
+            "migrate, budgets), sdk.env (producers: write events, read enforcement), "
+            f"reports.env (read-only); load one with `set -a; . {folder}/services.env; set +a`",
             highlight=False,
             soft_wrap=True,
         )

@@ -20,9 +20,17 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+)
 
 from streams.errors import LocalStackError
+from streams.local import secure as _secure
 from streams.local._common import (
     ServiceStatus,
     exit_note,
@@ -34,6 +42,7 @@ from streams.local._common import (
     spawn,
     terminate,
 )
+from streams.local.secure import LocalSecrets
 from streams.settings import Settings, env_name
 
 KAFKA_VERSION = "4.0.2"
@@ -79,8 +88,15 @@ def render_pom() -> str:
 """
 
 
-def render_server_properties(settings: Settings, data_dir: Path) -> str:
-    """Single-node KRaft broker+controller; every listener on loopback."""
+def render_server_properties(
+    settings: Settings, data_dir: Path, tls: LocalSecrets | None = None
+) -> str:
+    """Single-node KRaft broker+controller; every listener on loopback.
+
+    With ``tls`` (the secure stack): clients get only SASL_SSL with SCRAM-SHA-512 and the
+    StandardAuthorizer's ACLs; the controller listener takes only mutual TLS with a
+    certificate of the stack's CA (the broker's own), so no listener is unauthenticated.
+    """
     port = settings.local_kafka_port
     ctrl = settings.local_kafka_controller_port
     lines = {
@@ -115,6 +131,32 @@ def render_server_properties(settings: Settings, data_dir: Path) -> str:
         "num.network.threads": "3",
         "num.io.threads": "4",
     }
+    if tls is not None:
+        lines.update(
+            {
+                "listeners": f"SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{ctrl}",
+                "advertised.listeners": f"SASL_SSL://127.0.0.1:{port}",
+                "inter.broker.listener.name": "SASL_SSL",
+                "listener.security.protocol.map": "CONTROLLER:SSL,SASL_SSL:SASL_SSL",
+                "sasl.enabled.mechanisms": _secure.MECHANISM,
+                "sasl.mechanism.inter.broker.protocol": _secure.MECHANISM,
+                "ssl.keystore.type": "PEM",
+                "ssl.keystore.location": str(tls.broker_keystore),
+                "ssl.truststore.type": "PEM",
+                "ssl.truststore.location": str(tls.ca_path),
+                "ssl.client.auth": "none",
+                "listener.name.controller.ssl.client.auth": "required",
+                "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                "allow.everyone.if.no.acl.found": "false",
+                "super.users": ";".join(
+                    (
+                        f"User:{_secure.KAFKA_ADMIN}",
+                        f"User:{_secure.KAFKA_BROKER}",
+                        f"User:CN={_secure.BROKER_CN}",
+                    )
+                ),
+            }
+        )
     return "".join(f"{k}={v}\n" for k, v in lines.items())
 
 
@@ -208,6 +250,44 @@ def check_reachable(settings: Settings, timeout: float = 10.0) -> int:
         ) from exc
 
 
+def sdk_acls(settings: Settings) -> list[AclBinding]:
+    """The SDK user's whole grant: write events, read block states (plus its view's group)."""
+    principal = f"User:{_secure.KAFKA_SDK}"
+
+    def allow(kind: ResourceType, name: str, operation: AclOperation) -> AclBinding:
+        return AclBinding(
+            kind, name, ResourcePatternType.LITERAL, principal, "*", operation,
+            AclPermissionType.ALLOW,
+        )  # fmt: skip
+
+    return [
+        allow(ResourceType.TOPIC, settings.topic_events, AclOperation.WRITE),
+        allow(ResourceType.TOPIC, settings.topic_events, AclOperation.DESCRIBE),
+        allow(ResourceType.TOPIC, settings.topic_enforcement, AclOperation.READ),
+        allow(ResourceType.TOPIC, settings.topic_enforcement, AclOperation.DESCRIBE),
+        # streams.enforcement follows the topic with assign() under this group id
+        allow(ResourceType.GROUP, view_group(settings.topic_enforcement), AclOperation.READ),
+    ]
+
+
+def view_group(topic: str) -> str:
+    """The group id a CompactedView of ``topic`` uses (it assigns, it never commits)."""
+    return f"spendstream-view-{topic}"
+
+
+def ensure_acls(admin_settings: Settings, bindings: list[AclBinding], timeout: float) -> None:
+    """Create ACL bindings (idempotent: Kafka keeps one copy of an identical binding)."""
+    client = quiet_admin(admin_settings.kafka_client_config())
+    try:
+        for binding, future in client.create_acls(bindings, request_timeout=timeout).items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                raise LocalStackError(f"kafka: cannot create ACL {binding}: {exc}") from exc
+    except KafkaException as exc:
+        raise LocalStackError(f"kafka: cannot create ACLs: {exc}") from exc
+
+
 class LocalKafka:
     """The embedded broker of one ``settings.home``: install, up, down, status."""
 
@@ -224,6 +304,37 @@ class LocalKafka:
         self.log_path = self.root / "kafka.log"
         self.pid_path = self.root / "kafka.pid"
         self.lock_path = self.root / ".lock"
+        #: "secure" or "plaintext": how the storage was formatted (SCRAM users or none)
+        self.mode_path = self.root / "security"
+        self.secrets: LocalSecrets | None = None
+
+    @property
+    def mode(self) -> str:
+        return "secure" if self.settings.local_secure else "plaintext"
+
+    @property
+    def client_settings(self) -> Settings:
+        """Settings this class and ``stack`` connect with: the admin user when secure."""
+        if not self.settings.local_secure:
+            return self.settings
+        if self.secrets is None:
+            self.secrets = _secure.ensure(self.settings)
+        return self.secrets.settings_for(self.settings, "services")
+
+    def _check_mode(self) -> None:
+        """A home keeps the mode it was formatted with: SCRAM users exist only from format."""
+        if not (self.data_dir / "meta.properties").is_file():
+            return
+        try:
+            formatted = self.mode_path.read_text().strip()
+        except FileNotFoundError:
+            formatted = "plaintext"
+        if formatted != self.mode:
+            flag = "--secure" if formatted == "secure" else "--no-secure"
+            raise LocalStackError(
+                f"kafka: the broker in {self.root} was created {formatted}; pass {flag} "
+                f"({env_name('local_secure')}) or use another {env_name('home')}"
+            )
 
     @property
     def bootstrap(self) -> str:
@@ -321,6 +432,7 @@ class LocalKafka:
         self._require_local()
         jars = self.install()
         with file_lock(self.lock_path):
+            self._check_mode()
             pid = self.pid()
             if pid is not None:
                 running = _listener_ports(self.config_path)
@@ -345,15 +457,24 @@ class LocalKafka:
         )
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(render_server_properties(self.settings, self.data_dir))
+        self.client_settings  # noqa: B018 (makes the secure stack's CA and passwords once)
+        self.config_path.write_text(
+            render_server_properties(self.settings, self.data_dir, self.secrets)
+        )
         self.log4j_path.write_text(render_log4j2())
         java = _java()
         classpath = f"{jars}/*"
         log4j = f"-Dlog4j2.configurationFile={self.log4j_path}"
         if not (self.data_dir / "meta.properties").is_file():
             self._format(java, classpath, log4j)
+        jaas = (
+            [f"-Djava.security.auth.login.config={self.secrets.broker_jaas}"]
+            if self.secrets is not None
+            else []
+        )
         argv = [
             java,
+            *jaas,
             f"-Xmx{self.settings.local_kafka_heap}",
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
@@ -380,6 +501,11 @@ class LocalKafka:
             java, log4j, "-cp", classpath, "kafka.tools.StorageTool", "format",
             "-t", new_cluster_id(), "-c", str(self.config_path), "--standalone",
         ]  # fmt: skip
+        if self.secrets is not None:
+            # SCRAM users must exist before the first start: nobody could log in to add them
+            for user in (_secure.KAFKA_ADMIN, _secure.KAFKA_SDK, _secure.KAFKA_BROKER):
+                password = self.secrets.password(f"kafka.{user}").reveal()
+                cmd += ["--add-scram", f"{_secure.MECHANISM}=[name={user},password={password}]"]
         with self.log_path.open("ab") as handle:
             handle.write(b"\n===== formatting storage =====\n")
             handle.flush()
@@ -394,10 +520,11 @@ class LocalKafka:
             )
         if result.returncode != 0:
             raise failure("kafka", "formatting the KRaft storage failed", self.log_path)
+        self.mode_path.write_text(self.mode + "\n")
 
     def _wait_ready(self, pid: int) -> None:
         deadline = time.monotonic() + self.settings.start_timeout_s
-        client = quiet_admin(self.settings.kafka_client_config())
+        client = quiet_admin(self.client_settings.kafka_client_config())
         while True:
             if not pid_alive(pid, str(self.config_path)):
                 self.pid_path.unlink(missing_ok=True)

@@ -40,8 +40,11 @@ def up_kafka(settings: Settings, create_topics: bool = True) -> UpResult:
         )
     local = LocalKafka(settings)
     started = local.up()
+    admin = local.client_settings
     if create_topics:
-        ensure_topics(settings, timeout=settings.start_timeout_s)
+        ensure_topics(admin, timeout=settings.start_timeout_s)
+    if settings.local_secure:
+        _kafka.ensure_acls(admin, _kafka.sdk_acls(settings), settings.start_timeout_s)
     return UpResult(
         "kafka",
         "started" if started else "reused",

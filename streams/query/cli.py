@@ -44,7 +44,8 @@ def _run(fmt: str, build: Callable[[Any, Any], Any], **kw: Any) -> None:
     filters = {name: kw.pop(name) for name in FILTERS if kw.get(name)}
     for name in FILTERS:
         kw.pop(name, None)
-    client = connect(settings, database=settings.clickhouse_database)
+    # the read-only user when one is configured: a report never needs to write
+    client = connect(settings.for_reports(), database=settings.clickhouse_database)
     try:
         report = build(Reports(client, Target.from_settings(settings)), (rng, filters, tz))
     finally:

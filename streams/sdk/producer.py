@@ -20,7 +20,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streams import events
-from streams.errors import DecodeError, InvalidEventError, ProducerError
+from streams.errors import DecodeError, InvalidEventError, KafkaUnreachableError, ProducerError
+from streams.preflight import kafka_metadata
 from streams.sdk.enforcement import Block, EnforcementWatcher
 from streams.serde import AvroCodec
 from streams.settings import Settings
@@ -148,7 +149,12 @@ class TokenEventProducer:
         topic: str | None = None,
         on_error: ErrorCallback | None = None,
         config: Mapping[str, Any] | None = None,
+        check_timeout: float | None = None,
     ) -> None:
+        """``check_timeout``: seconds the start-up check waits for Kafka (default: the
+        ``kafka_check_timeout_s`` setting; 0 skips it). Wrong credentials, an untrusted
+        certificate or the wrong security protocol raise AuthError at once; an unreachable
+        broker only logs a warning, events wait in the queue until it is back."""
         self.settings = settings or Settings.from_env()
         self.topic = topic or self.settings.topic_events
         self.stats = DeliveryStats()
@@ -167,11 +173,20 @@ class TokenEventProducer:
             "message.timeout.ms": 300_000,
             **(config or {}),
         }
+        self._check(self.settings.kafka_check_timeout_s if check_timeout is None else check_timeout)
         try:
             self._producer = Producer(producer_config)
         except KafkaException as exc:
             raise ProducerError(f"cannot create Kafka producer: {exc}") from exc
         self._closed = False
+
+    def _check(self, timeout: float) -> None:
+        if timeout <= 0:
+            return
+        try:
+            kafka_metadata(self.settings, timeout, topic=self.topic)
+        except KafkaUnreachableError as exc:
+            log.warning("%s; events are queued until it answers", exc)
 
     def __repr__(self) -> str:
         return f"TokenEventProducer(topic={self.topic!r}, stats={self.stats})"

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from streams.errors import SpendstreamError
+from streams.errors import AuthError, SpendstreamError
+from streams.preflight import auth_failure, kafka_metadata
 from streams.settings import Settings
 
 
@@ -52,6 +53,8 @@ class CompactedView:
     def wait_ready(self, timeout: float = 30.0) -> None:
         if not self._ready.wait(timeout):
             raise SpendstreamError(f"could not read topic {self.topic} within {timeout:.0f}s")
+        if isinstance(self._error, AuthError):
+            raise self._error
         if self._error is not None:
             raise SpendstreamError(f"reading {self.topic} failed: {self._error}")
 
@@ -87,8 +90,12 @@ class CompactedView:
         )
         consumer = Consumer(config)
         try:
-            meta = consumer.list_topics(self.topic, timeout=15)
-            info = meta.topics.get(self.topic)
+            # start-up check first: a wrong login or certificate fails at once, clearly
+            info = kafka_metadata(self.settings, 15, topic=self.topic).topics.get(self.topic)
+            if info is not None and info.error is not None:
+                refused = auth_failure(self.settings, info.error)
+                if refused is not None:
+                    raise refused
             if info is None or info.error is not None:
                 raise SpendstreamError(f"topic {self.topic} does not exist")
             parts = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in info.partitions]

@@ -8,6 +8,7 @@ from typing import Any
 
 import faust
 
+from streams.errors import SettingsError
 from streams.processors.stage1 import Stage1Config
 from streams.processors.stage2 import Stage2Config
 from streams.settings import Settings
@@ -22,11 +23,14 @@ def broker_settings(settings: Settings) -> dict[str, Any]:
     protocol = settings.kafka_security_protocol
     context: ssl.SSLContext | None = None
     if protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(
-            cafile=str(settings.kafka_tls_ca) if settings.kafka_tls_ca else None
-        )
-        if settings.kafka_tls_cert and settings.kafka_tls_key:
-            context.load_cert_chain(str(settings.kafka_tls_cert), str(settings.kafka_tls_key))
+        try:
+            context = ssl.create_default_context(
+                cafile=str(settings.kafka_tls_ca) if settings.kafka_tls_ca else None
+            )
+            if settings.kafka_tls_cert and settings.kafka_tls_key:
+                context.load_cert_chain(str(settings.kafka_tls_cert), str(settings.kafka_tls_key))
+        except (ssl.SSLError, OSError) as exc:
+            raise SettingsError([f"Kafka TLS files unusable: {exc}"]) from exc
     if protocol.startswith("SASL"):
         out["broker_credentials"] = faust.SASLCredentials(
             username=settings.kafka_sasl_username or "",
