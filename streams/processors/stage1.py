@@ -515,7 +515,7 @@ class PartitionAggregator:
                 org_acc = self.org_minutes[okey] = [0, 0, 0, None, 0, minute + MINUTE_MS, 0]
             accs = (org_acc, *self._budget_targets(matched, minute))
             cached = by_matched[(org, id(matched))] = (matched, [0, 0, 0, None, -1, -1, accs])
-        prices = self.catalog._resolve(key[7], key[4])
+        prices = self.catalog.resolve_for(key[0], key[7], key[4])
         fixed: _Rates | None = None
         if prices and prices[0].effective_from_ms <= minute and not prices[0].tiers:
             r = prices[0].rates

@@ -1,0 +1,68 @@
+"""Token pricing: the catalog of list prices, strict model matching, and cost in nano-USD.
+
+The door of the pricing room: ``catalog`` is the runtime lookup (what the worker, the sink and
+reports import); ``sync`` snapshots genai-prices into ``data/catalog.json`` offline (dev extra
+only, never imported at runtime); ``cli`` is ``spendstream prices``.
+"""
+
+from streams.pricing.catalog import (
+    CACHE_READ_X,
+    CACHE_WRITE_1H_X,
+    CACHE_WRITE_5M_X,
+    CATALOG_FORMAT,
+    CATALOG_PATH,
+    FLOOR_DATE,
+    NANOS_PER_USD,
+    OVERLAY_PATH,
+    PROVIDER_ALIASES,
+    RATE_FIELDS,
+    SOURCE_CATALOG,
+    SOURCE_REPORTED,
+    SOURCE_UNPRICED,
+    TOKENS_PER_PRICE_UNIT,
+    ModelDef,
+    Price,
+    PriceCatalog,
+    PriceEntry,
+    Rates,
+    Resolution,
+    Tier,
+    canonical_provider,
+    cloud_route,
+    cost_nanos,
+    default_catalog,
+    nanos_to_usd_text,
+    prompt_tokens,
+    usd_to_nanos_per_million,
+)
+
+__all__ = [
+    "CACHE_READ_X",
+    "CACHE_WRITE_1H_X",
+    "CACHE_WRITE_5M_X",
+    "CATALOG_FORMAT",
+    "CATALOG_PATH",
+    "FLOOR_DATE",
+    "NANOS_PER_USD",
+    "OVERLAY_PATH",
+    "PROVIDER_ALIASES",
+    "RATE_FIELDS",
+    "SOURCE_CATALOG",
+    "SOURCE_REPORTED",
+    "SOURCE_UNPRICED",
+    "TOKENS_PER_PRICE_UNIT",
+    "ModelDef",
+    "Price",
+    "PriceCatalog",
+    "PriceEntry",
+    "Rates",
+    "Resolution",
+    "Tier",
+    "canonical_provider",
+    "cloud_route",
+    "cost_nanos",
+    "default_catalog",
+    "nanos_to_usd_text",
+    "prompt_tokens",
+    "usd_to_nanos_per_million",
+]
