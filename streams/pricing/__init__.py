@@ -32,6 +32,7 @@ from streams.pricing.catalog import (
     cost_nanos,
     default_catalog,
     nanos_to_usd_text,
+    precedence,
     prompt_tokens,
     usd_to_nanos_per_million,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "cost_nanos",
     "default_catalog",
     "nanos_to_usd_text",
+    "precedence",
     "prompt_tokens",
     "usd_to_nanos_per_million",
 ]

@@ -213,6 +213,8 @@ class Resolution:
     looked_under: str
     definition: ModelDef | None
     why: str
+    #: the models an ambiguous id matches (it resolves to none of them)
+    candidates: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -552,9 +554,8 @@ class PriceCatalog:
                     continue
                 if len(found) > 1 and self.format != 1:  # format 1 resolved by file order
                     names = tuple(sorted(d.model_id for d in found))
-                    return Resolution(
-                        provider, model, under, None, f"ambiguous: matches {', '.join(names)}"
-                    )
+                    why = f"ambiguous: matches {', '.join(names)}"
+                    return Resolution(provider, model, under, None, why, names)
                 why = f"matched under {under}{tier_name}"
                 if under != canon:
                     why += f" (a {under} id given with provider {canon})"
@@ -565,8 +566,8 @@ class PriceCatalog:
         """The versions of the one model (provider, model) names, newest first; () if none."""
         found = self.resolution(provider, model)
         if found.definition is None:
-            if found.why.startswith("ambiguous"):
-                self.ambiguous[(provider, model)] = tuple(found.why.split(": ", 1)[1].split(", "))
+            if found.candidates:
+                self.ambiguous[(provider, model)] = found.candidates
             return ()
         return found.definition.versions
 
@@ -591,7 +592,12 @@ class PriceCatalog:
     def lookup(
         self, provider: str, model: str, event_time_ms: int, org: str | None = None
     ) -> PriceEntry | None:
-        for entry in self.resolve_for(org, provider, model):
+        versions = (
+            self.resolve_for(org, provider, model)
+            if org is not None and self._org_versions
+            else self._resolve(provider, model)
+        )
+        for entry in versions:
             if entry.effective_from_ms <= event_time_ms:
                 return entry
         return None
@@ -609,25 +615,41 @@ class PriceCatalog:
         reported = event.get("cost_nanos")
         if reported is not None:
             return Price(int(reported), SOURCE_REPORTED, SOURCE_REPORTED)
-        org = event.get("org_id") if self._org_versions else None
-        entry = self.lookup(event["provider"], event["model"], event["event_time"], org)
-        if entry is None:
-            self.unpriced[(event["provider"], event["model"])] += 1
+        provider, model, at = event["provider"], event["model"], event["event_time"]
+        versions = (
+            self.resolve_for(event.get("org_id"), provider, model)
+            if self._org_versions
+            else self._resolve(provider, model)
+        )
+        for entry in versions:
+            if entry.effective_from_ms <= at:
+                break
+        else:
+            self.unpriced[(provider, model)] += 1
             return Price(0, SOURCE_UNPRICED, SOURCE_UNPRICED)
+        if not entry.tiers:
+            return Price(cost_nanos(entry.rates, event), entry.label, SOURCE_CATALOG)
         rates, threshold = entry.rates_for(prompt_tokens(event))
-        return Price(cost_nanos(rates, event), self.label(entry, threshold), SOURCE_CATALOG)
+        key = (entry.label, threshold)
+        version = self._labels.get(key)
+        if version is None:
+            version = self._labels[key] = self.label(entry, threshold)
+        return Price(cost_nanos(rates, event), version, SOURCE_CATALOG)
+
+
+def precedence(entry: PriceEntry) -> tuple[int, int, int]:
+    """Which version wins among those in force: an org's negotiated price over any list
+    price, then the newest date, then (same date) an overlay's over the catalog's."""
+    return (
+        entry.origin.startswith("org:"),
+        entry.effective_from_ms,
+        entry.origin == "overlay",
+    )
 
 
 def _newest_first(entries: Iterable[PriceEntry]) -> tuple[PriceEntry, ...]:
-    """Newest effective date first; on the same date an org's price, then an overlay's win."""
-    rank = {"catalog": 0, "overlay": 1}
-    return tuple(
-        sorted(
-            entries,
-            key=lambda e: (e.effective_from_ms, rank.get(e.origin, 2)),
-            reverse=True,
-        )
-    )
+    """Versions in the order a lookup tries them: the first in force wins (``precedence``)."""
+    return tuple(sorted(entries, key=precedence, reverse=True))
 
 
 def read_json(path: Path) -> dict[str, Any]:

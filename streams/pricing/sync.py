@@ -143,7 +143,7 @@ def _literal(text: str) -> str:
 
 
 def _starts_with(text: str) -> str:
-    if text.startswith("ft:"):  # fine-tunes: the user's suffix follows, same price
+    if text.startswith("ft:") or ".ft-" in text:  # fine-tunes: the user's suffix follows
         return _literal(text) + r"[\w.:-]*"
     if text.endswith("@"):
         return _literal(text) + r"[\w.-]+" + TAIL
@@ -160,7 +160,9 @@ def _regex(text: str) -> str:
         return f"(?:{text})"
     if re.fullmatch(r"\^\(\?[=!<].*\)", text):  # a pure lookaround guard (used inside "and")
         return f"(?:{text}).*"
-    return f"(?:{text})[\\d-]*{TAIL}"
+    if text.endswith("-\\d"):  # "^gemini-3\.5-flash-\d": a version suffix must follow
+        return f"(?:{text[:-3]})(?:{TAIL_SEGMENT})+"
+    return f"(?:{text}){TAIL}"
 
 
 def clause_pattern(clause: Any) -> str:
@@ -187,20 +189,25 @@ def clause_pattern(clause: Any) -> str:
     raise PricingError(f"unknown genai-prices match clause {name}")
 
 
-def clause_names(clause: Any) -> list[str]:
-    """The literal ids a clause names (for ``prices show`` and the overlap check)."""
+def clause_names(clause: Any) -> tuple[list[str], bool]:
+    """The literal ids a clause names, and whether every id it matches contains one of them
+    (then a lookup may skip the model for ids that contain none: see ``ModelDef.names``)."""
     name = type(clause).__name__
     if name in ("ClauseOr", "ClauseAnd"):
-        parts = clause.or_ if name == "ClauseOr" else clause.and_
-        return [n for c in parts for n in clause_names(c)]
+        parts = [clause_names(c) for c in (clause.or_ if name == "ClauseOr" else clause.and_)]
+        names = [n for found, _ in parts for n in found]
+        anchored = [a for _, a in parts]
+        return names, all(anchored) if name == "ClauseOr" else any(anchored)
     if name == "ClauseRegex":  # the literal the regex starts with, if any
-        head = re.match(r"\^?((?:[\w-]|\\\.)+)", clause.regex)
-        return [head.group(1).replace("\\.", ".")] if head else []
+        head = re.match(r"\^((?:[\w-]|\\\.)+)", clause.regex)
+        if head is None:
+            return [], False
+        return [head.group(1).replace("\\.", ".")], True
     for attr in ("equals", "starts_with", "ends_with", "contains"):
         value = getattr(clause, attr, None)
         if isinstance(value, str):
-            return [value]
-    return []
+            return [value], bool(value.rstrip("-@"))
+    return [], False
 
 
 def _prefilter_name(literal: str) -> str:
@@ -228,6 +235,26 @@ def _nanos(value: Decimal, where: str, report: SyncReport) -> int:
     if exact != scaled:
         report.rounded.append(f"{where}: ${value}/M -> ${nanos_to_usd_text(int(exact))}/M")
     return int(exact)
+
+
+def _round_usd(value: Any, where: str, report: SyncReport) -> Decimal:
+    return Decimal(nanos_to_usd_text(_nanos(Decimal(value), where, report)))
+
+
+def _rounded(value: Any, where: str, report: SyncReport) -> Any:
+    """A genai-prices price (plain or tiered) rounded to what the catalog holds, reported."""
+    if not isinstance(value, (Decimal, int)) and type(value).__name__ != "TieredPrices":
+        return value  # not a token price: listed as not held, never converted
+    if type(value).__name__ != "TieredPrices":
+        return _round_usd(value, where, report)
+    return dataclasses.replace(
+        value,
+        base=_round_usd(value.base, where, report),
+        tiers=[
+            dataclasses.replace(t, price=_round_usd(t.price, f"{where}>{t.start}", report))
+            for t in value.tiers
+        ],
+    )
 
 
 def _price_at(value: Any, threshold: int | None) -> Decimal | None:
@@ -292,6 +319,7 @@ def _to_spec(
     one_hour_x: Decimal | None,
 ) -> tuple[dict[str, Any], bool]:
     """Our price spec of one genai-prices ModelPrice; True when the 1h-cache rule applied."""
+    values = {k: _rounded(v, f"{where}.{k}", report) for k, v in values.items()}
     thresholds = sorted(
         {t.start for v in values.values() if type(v).__name__ == "TieredPrices" for t in v.tiers}
     )
@@ -309,7 +337,7 @@ def _to_spec(
         nanos = {k: _nanos(v, f"{where}.{k}", report) for k, v in found.items()}
         return rates_spec(Rates(**nanos))
 
-    spec: dict[str, Any] = rates(None)
+    spec: dict[str, Any] = rates(None)  # (values were rounded once, where they came from)
     tiers = [{"above_prompt_tokens": t, **rates(t)} for t in thresholds]
     if tiers:
         spec["tiers"] = tiers
@@ -384,11 +412,11 @@ def genai_models(
             order += 1
             model_id = f"{gp_id}/{info.id}"
             pattern = clause_pattern(info.match)
-            names = clause_names(info.match)
+            names, anchored = clause_names(info.match)
             if _is_prefix_rule(info.match) and info.id not in names:
                 pattern = f"(?:{pattern}|{_literal(info.id)}{TAIL})"
                 names.append(info.id)
-            names = [n for n in (_prefilter_name(x) for x in names) if n]
+            names = [n for n in (_prefilter_name(x) for x in names) if n] if anchored else []
             model = _Model(
                 model_id=model_id,
                 providers=list(GENAI_PROVIDERS[gp_id]),
@@ -402,9 +430,13 @@ def genai_models(
             if info.price_variants:
                 unsupported[KIND_VARIANTS].add(model_id)
             previous: _Version | None = None
+            by_hour = isinstance(info.prices, list) and any(
+                type(c.constraint).__name__ == "TimeOfDateConstraint" for c in info.prices
+            )
             for day in _breakpoints(info):
                 chosen = {}
-                for moment in _day_samples(day):
+                noon = [dt.datetime.combine(day, dt.time(12), tzinfo=dt.UTC)]
+                for moment in _day_samples(day) if by_hour else noon:
                     price = info.get_prices(moment)
                     values = _set_keys(price)
                     chosen[json.dumps({k: str(v) for k, v in values.items()}, sort_keys=True)] = (
@@ -474,20 +506,37 @@ def _make_disjoint(models: list[_Model], report: SyncReport) -> None:
             tiers[(p, "fallback")].append(model)
     compiled = {m.model_id: re.compile(m.match, re.IGNORECASE) for m in models}
     probes = sorted({n + t for m in models for n in m.names for t in _PROBE_TAILS})
+    by_prefix: dict[str, set[str]] = defaultdict(set)  # 3-char head of a name -> models
+    short: dict[str, set[str]] = defaultdict(set)  # names shorter than 3 characters
+    nameless = {m.model_id for m in models if not m.names}
+    for m in models:
+        for n in m.names:
+            (by_prefix[n[:3]] if len(n) >= 3 else short[n]).add(m.model_id)
+    names_of = {m.model_id: m.names for m in models}
     guards: dict[str, set[str]] = defaultdict(set)
+    candidates_of: dict[str, set[str]] = {}
+    for probe in probes:  # the models one of whose names occurs in the probe, found by index
+        low = probe.lower()
+        found = set(nameless)
+        for i in range(len(low) - 2):
+            for model_id in by_prefix.get(low[i : i + 3], ()):
+                if any(n in low for n in names_of[model_id]):
+                    found.add(model_id)
+        for n, ids in short.items():
+            if n in low:
+                found |= ids
+        candidates_of[probe] = found
     for (_, _), members in sorted(tiers.items()):
         ordered = sorted(members, key=lambda m: m.order)
         for probe in probes:
-            hits = [m for m in ordered if compiled[m.model_id].fullmatch(probe)]
+            possible = candidates_of[probe]
+            hits = [
+                m
+                for m in ordered
+                if m.model_id in possible and compiled[m.model_id].fullmatch(probe)
+            ]
             for later in hits[1:]:
                 guards[later.model_id].add(hits[0].model_id)
-    for model in models:  # a lookup only tries models one of whose names is in the id
-        pattern = compiled[model.model_id]
-        for probe in probes:
-            lowered = probe.lower()
-            if pattern.fullmatch(probe) and not any(n in lowered for n in model.names):
-                model.names = []  # always tried
-                break
     by_id = {m.model_id: m for m in models}
     for model_id, earlier in sorted(guards.items()):
         model = by_id[model_id]
@@ -544,6 +593,10 @@ def merge(
     """The new catalog: current price rows kept byte for byte, genai-prices' new ones appended."""
     old = PriceCatalog(current)
     rows = _rows_of(old)
+    if old.format == CATALOG_FORMAT:  # the rows as written, fields such as "by" included
+        rows = defaultdict(list)
+        for raw in current.get("prices", []):
+            rows[raw["model"]].append(dict(raw))
     accepted = {a["model"]: a for a in overlay.get("accept", [])}
     fresh = {m.model_id: m for m in models}
     for model in models:

@@ -20,6 +20,7 @@ from streams.pricing import (
     SOURCE_UNPRICED,
     TOKENS_PER_PRICE_UNIT,
     PriceCatalog,
+    precedence,
 )
 from streams.sink.columns import ARROW_SCHEMA, MS_PER_HOUR
 
@@ -87,13 +88,16 @@ class FramePricer:
                     (t.above_prompt_tokens, t.rates, f"{label}>{t.above_prompt_tokens}")
                     for t in entry.tiers
                 ]
+                org_rank, _, overlay_rank = precedence(entry)
                 for above, rates, name in tiers:
                     found.append(
                         (
                             *((org,) if org is not None else ()),
                             provider,
                             model,
+                            int(org_rank),
                             entry.effective_from_ms,
+                            int(overlay_rank),
                             above,
                             rates.input,
                             rates.cache_read,
@@ -131,7 +135,9 @@ class FramePricer:
                 **({"org_id": pl.String} if by_org else {}),
                 "provider": pl.String,
                 "model": pl.String,
+                "__org": pl.Int8,
                 "__from": pl.Int64,
+                "__ovl": pl.Int8,
                 "__above": pl.Int64,
                 **{name: pl.Int64 for name in _RATE_COLUMNS},
                 "__version": pl.String,
@@ -146,13 +152,14 @@ class FramePricer:
         )
         needed = [*keys, "event_time", "cost_nanos", *events.TOKEN_FIELDS]
         indexed = frame.lazy().select(needed).with_row_index("__row")
-        # newest version in force at event_time, then the highest tier below the prompt size
+        # the winning version in force at event_time (catalog.precedence: an org's, then the
+        # newest, then an overlay's), then the highest tier below the prompt size
         chosen = (
             indexed.filter(col("cost_nanos").is_null())
             .select("__row", *keys, "event_time", prompt.alias("__prompt"))
             .join(table.lazy(), on=keys, how="inner")
             .filter((col("__from") <= col("event_time")) & (col("__prompt") > col("__above")))
-            .sort("__row", "__from", "__above")
+            .sort("__row", "__org", "__from", "__ovl", "__above")
             .unique(subset="__row", keep="last", maintain_order=True)
             .select("__row", *_RATE_COLUMNS, "__version")
         )
