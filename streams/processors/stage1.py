@@ -30,7 +30,13 @@ from streams import events as ev_mod
 from streams.budgets import Budget, BudgetMatcher
 from streams.errors import DecodeError
 from streams.pricing import PriceCatalog, PriceEntry
-from streams.processors.alerts import format_amount, make_alert, runaway_alert_id
+from streams.processors.alerts import (
+    DAY_MS,
+    format_amount,
+    make_alert,
+    runaway_alert_id,
+    unpriced_alert,
+)
 from streams.processors.detectors import RunawayRules, SessionState, runaway_reasons
 from streams.processors.periods import MINUTE_MS, PeriodCache
 from streams.serde.columnar import ColumnarDecoder
@@ -191,6 +197,9 @@ class PartitionAggregator:
         # budget_id -> (first counted minute, period cache), rebuilt with the matcher
         self._budget_info: dict[str, tuple[int, PeriodCache]] = {}
         self.sessions: dict[str, SessionState] = {}
+        #: (provider, model, UTC day) already alerted as unpriced by this partition (the
+        #: alert id is the same on every partition and restart: the alert log keeps one)
+        self.unpriced_alerted: set[tuple[str, str, int]] = set()
         self._next_session_sweep = 0  # event time of the next idle-session scan
         # rollups: minute -> scope key -> counters; closed minutes hold the late additions
         self.windows: dict[int, dict[tuple[Any, ...], list[int]]] = {}
@@ -389,6 +398,14 @@ class PartitionAggregator:
             if cost < 0:
                 row[2] += 1
                 cost = 0
+                day = t - t % DAY_MS
+                if (provider, model, day) not in self.unpriced_alerted:
+                    self.unpriced_alerted.add((provider, model, day))
+                    alerts.append(
+                        self._unpriced_alert(
+                            provider, model, eid, t, (org, team, user, session), prompt + out_tok
+                        )
+                    )
             row[3] += i_tok
             row[4] += cr
             row[5] += cw5
@@ -569,6 +586,32 @@ class PartitionAggregator:
                         "wm": self.watermark,
                     }
                 )
+
+    def _unpriced_alert(
+        self,
+        provider: str,
+        model: str,
+        event_id: str,
+        event_time: int,
+        who: tuple[str, str, str, str | None],
+        tokens: int,
+    ) -> dict[str, Any]:
+        """The day's first unpriced event of a model on this partition (rare: not hot)."""
+        found = self.catalog.resolution(provider, model)
+        details = {"catalog_version": self.catalog.version, "why": found.why}
+        if found.definition is not None:
+            details["model_id"] = found.definition.model_id
+            if found.definition.unpriced_reason:
+                details["unpriced_reason"] = found.definition.unpriced_reason
+        # forget days the watermark has left (their ids stay in the alert log)
+        old = {k for k in self.unpriced_alerted if k[2] < event_time - 2 * DAY_MS}
+        self.unpriced_alerted -= old
+        event = dict(
+            zip(("org_id", "team_id", "user_id", "session_id"), who, strict=True),
+            event_id=event_id,
+            event_time=event_time,
+        )
+        return unpriced_alert(provider, model, event, tokens, self.now_ms(), details)
 
     # ------------------------------------------------------------------ sessions
 
