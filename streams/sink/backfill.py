@@ -112,7 +112,13 @@ def backfill(
 @click.option("--rollup", type=click.Choice([*ROLLUPS, "all"]), default="all")
 @click.option("--from", "start", required=True, help="UTC start (ISO), widened to the bucket.")
 @click.option("--to", "end", required=True, help="UTC end (ISO, exclusive), widened.")
-def backfill_command(rollup: str, start: str, end: str) -> None:
+@click.option(
+    "--reprice",
+    is_flag=True,
+    help="First price the range's stored events again with the current catalog (new "
+    "price_version where the price changed, e.g. a model that was unpriced), then rebuild.",
+)
+def backfill_command(rollup: str, start: str, end: str, reprice: bool) -> None:
     """Rebuild rollup rows for a range from token_events (stop the sink for live ranges)."""
     from streams.clickhouse import connect
     from streams.query.ranges import resolve
@@ -123,6 +129,15 @@ def backfill_command(rollup: str, start: str, end: str) -> None:
     target = Target.from_settings(settings)
     client = connect(settings)
     try:
+        if reprice:
+            from streams.pricing import default_catalog
+            from streams.sink.reprice import reprice as run_reprice
+
+            report = run_reprice(client, target, default_catalog(), rng.start, rng.end)
+            for line in report.lines():
+                click.echo(line)
+            if report.changes:
+                return  # the rollups were rebuilt with the new prices
         for name in ROLLUPS if rollup == "all" else [rollup]:
             written = backfill(client, target, name, rng.start, rng.end)
             lo, hi = align(rng.start, rng.end, ROLLUPS[name][1])
