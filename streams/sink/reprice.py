@@ -5,7 +5,8 @@ contract), the rows the sink stored at $0 are re-priced in ClickHouse: each (pro
 of the range that is not provider-reported gets its catalog versions as one SQL expression (the
 lookup's own precedence: the first version in force, the highest tier exceeded, the cost formula
 of ``streams.pricing.cost_nanos`` in 128-bit integers), rows whose cost, price_version or source
-would change are updated by a mutation, and the rollups are rebuilt for the range.
+would change are updated by a mutation; ``backfill.reprice_and_rebuild`` then rebuilds the
+rollups for the range.
 
 Every value goes in as a query parameter. Append-only prices mean a row already priced by a
 version that is still in the catalog keeps its cost: only what the catalog now says otherwise
@@ -20,8 +21,8 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+from streams.clickhouse import Target
 from streams.errors import SinkError
-from streams.migrate import Target
 from streams.pricing import (
     SOURCE_CATALOG,
     SOURCE_REPORTED,
@@ -136,9 +137,9 @@ def reprice(
     catalog: PriceCatalog,
     start: dt.datetime,
     end: dt.datetime,
-    rebuild: bool = True,
 ) -> RepriceReport:
-    """Re-price the range's non-reported rows with ``catalog``; rebuild the rollups."""
+    """Re-price the range's non-reported rows with ``catalog`` (the rollups are left to
+    ``streams.sink.backfill.reprice_and_rebuild``)."""
     if target.cluster:
         raise SinkError("reprice runs on one server; on a cluster run it on each shard")
     table = target.table("token_events")
@@ -195,9 +196,4 @@ def reprice(
             parameters=params,
             settings={"mutations_sync": 2},
         )
-    if rebuild and report.changes:
-        from streams.sink.backfill import ROLLUPS, backfill
-
-        for name in ROLLUPS:
-            report.rollups[name] = backfill(client, target, name, start, end)
     return report

@@ -17,9 +17,9 @@ from click.testing import CliRunner
 
 from streams import events as ev
 from streams.cli import main
+from streams.clickhouse import Target, connect
 from streams.generate import Shape, generate_events
-from streams.local.clickhouse import connect
-from streams.migrate import Migrator, Target
+from streams.migrate import Migrator
 from streams.pricing import CATALOG_PATH, OVERLAY_PATH, PriceCatalog, default_catalog
 from streams.pricing.catalog import read_json
 from streams.processors.alerts import DAY_MS, unpriced_alert_id
@@ -27,10 +27,11 @@ from streams.query.ranges import TimeRange
 from streams.query.report import Reports
 from streams.serde import AvroCodec
 from streams.settings import Settings, env_name
-from streams.sink.reprice import reprice
+from streams.sink.backfill import reprice_and_rebuild as reprice
 from streams.sink.rows import Buffer
 from streams.sink.store import EventStore
 from streams.topics import ensure_topics
+from streams.worker import worker_topics
 from tests.integration.test_worker_scenario import (
     Workers,
     _produce,
@@ -66,8 +67,6 @@ def _events(n: int, start_ms: int, span_ms: int, seed: int) -> list[dict[str, An
 def test_the_worker_alerts_once_per_unpriced_model_across_partitions_and_a_kill(
     stack_settings: Settings, clickhouse_client: Any, tmp_path: Path
 ) -> None:
-    from streams.app import worker_topics
-
     settings = _unique_settings(stack_settings)
     Migrator(clickhouse_client, Target.from_settings(settings)).migrate()
     ensure_topics(settings, worker_topics(settings))

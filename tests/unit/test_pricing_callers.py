@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.budgets import StaticBudgets
+from streams.budgets import StaticBudgets, budget_from_spec
 from streams.generate import generate_events
 from streams.pricing import CATALOG_PATH, OVERLAY_PATH, PriceCatalog
 from streams.pricing.catalog import read_json
-from streams.processors.budgets import budget_from_spec
 from streams.processors.stage1 import PartitionAggregator, Stage1Config
 from streams.serde import AvroCodec
 from streams.sink import frames

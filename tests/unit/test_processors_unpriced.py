@@ -4,8 +4,8 @@ count the tokens."""
 
 from __future__ import annotations
 
+from streams.budgets import budget_from_spec
 from streams.processors.alerts import DAY_MS, unpriced_alert_id
-from streams.processors.budgets import budget_from_spec
 from streams.serde import AvroCodec
 from tests.unit.test_processors_stages import MIN, T0, aggregator, event, records
 
