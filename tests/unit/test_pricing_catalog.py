@@ -531,3 +531,38 @@ def test_floor_date_prices_cover_every_event():
     assert date_ms(FLOOR_DATE, "floor") <= MIN_EVENT_TIME_MS
     rates = default_catalog().lookup("openai", "gpt-4o-mini", MIN_EVENT_TIME_MS).rates
     assert cost_nanos(rates, dict(input_tokens=M)) == 150_000_000
+
+
+def test_the_documented_overlay_works_through_the_environment(tmp_path, monkeypatch):
+    """docs/prices.md's example, as a user would use it: SPENDSTREAM_PRICES_OVERLAY."""
+    from pathlib import Path
+
+    from streams.settings import env_name
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "prices.md").read_text()
+    example = text.split("```json\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "prices.json"
+    path.write_text(example)
+    monkeypatch.setenv(env_name("prices_overlay"), str(path))
+    runner = CliRunner()
+    args = ["quote", "--provider", "anthropic", "--model", "claude-sonnet-4-5", "--input", "100000"]
+    acme = json.loads(runner.invoke(prices, [*args, "--org", "acme", "--json"]).output)
+    other = json.loads(runner.invoke(prices, [*args, "--org", "other", "--json"]).output)
+    assert (acme["cost_nanos"], other["cost_nanos"]) == (240_000_000, 300_000_000)
+    assert acme["price_version"] == "org:acme:anthropic/claude-sonnet-4-5@2026-07-01"
+    ours = json.loads(
+        runner.invoke(
+            prices,
+            [
+                "quote",
+                "--provider",
+                "openai",
+                "--model",
+                "our-llm-v2",
+                "--output",
+                str(M),
+                "--json",
+            ],
+        ).output
+    )
+    assert (ours["resolved"], ours["cost_nanos"]) == ("internal/our-llm", 1_500_000_000)
