@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "worker": ("streams.worker.cli", "worker_command", "worker", "Run the stream worker."),
     "budgets": ("streams.budgets.cli", "budgets_cli", None, "Create, list and delete budgets."),
     "demo": ("streams.demo", "demo", "all", "Run the demo on the embedded local stack."),
+    "prices": ("streams.pricing.cli", "prices", None, "Show, quote and sync the price catalog."),
 }
 
 

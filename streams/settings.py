@@ -274,6 +274,9 @@ class Settings:
         "START_TIMEOUT", _positive_float, 90.0, "seconds to wait for a local service"
     )
 
+    prices_overlay: Path | None = _field(
+        "PRICES_OVERLAY", _path, None, "your price overlay (negotiated rates, by org), JSON"
+    )
     timezone: str = _field("TIMEZONE", _timezone, "UTC", "default time zone of reports")
     log_level: str = _field(
         "LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "log level"

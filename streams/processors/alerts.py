@@ -1,8 +1,9 @@
 """Alert records (schemas/budget_alert.avsc) and their deterministic ids.
 
 An alert id is a hash of what the alert is ABOUT (kind + budget + period + threshold, or
-session + reason, or org + spike minute), never of when it was raised, so a restarted or
-replaying worker computes the same id and the alert is raised once per subject.
+session + reason, or org + spike minute, or provider + model + UTC day), never of when it was
+raised, so a restarted or replaying worker computes the same id and the alert is raised once
+per subject.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any, Final
 
-ALERT_KINDS: Final = ("threshold_crossed", "forecast_breach", "runaway_session", "spend_spike")
+ALERT_KINDS: Final = (
+    "threshold_crossed",
+    "forecast_breach",
+    "runaway_session",
+    "spend_spike",
+    "unpriced_model",  # schemas/budget_alert.avsc v2
+)
+DAY_MS: Final = 86_400_000
 
 
 def alert_id(kind: str, *parts: object) -> str:
@@ -41,6 +49,45 @@ def runaway_alert_id(org_id: str, session_id: str, reason: str) -> str:
 
 def spike_alert_id(scope_key: str, window_start: int) -> str:
     return alert_id("spend_spike", scope_key, window_start)
+
+
+def unpriced_alert_id(provider: str, model: str, day_start: int) -> str:
+    return alert_id("unpriced_model", provider, model, day_start)
+
+
+def unpriced_alert(
+    provider: str,
+    model: str,
+    event: Mapping[str, Any],
+    tokens: int,
+    detected_at: int,
+    details: Mapping[str, str],
+) -> dict[str, Any]:
+    """The first event of the UTC day of a (provider, model) the catalog cannot price: its
+    spend counts as 0 (token limits still count its tokens) until a price arrives and
+    ``spendstream backfill --reprice`` re-prices it."""
+    day = event["event_time"] - event["event_time"] % DAY_MS
+    return make_alert(
+        "unpriced_model",
+        unpriced_alert_id(provider, model, day),
+        detected_at,
+        f"no price for {provider} model {model}: its spend counts as $0 (tokens still count "
+        "toward token limits); add a price (overlay) or sync the catalog, then "
+        "`spendstream backfill --reprice`",
+        tokens,
+        unit="tokens",
+        org_id=event.get("org_id"),
+        team_id=event.get("team_id"),
+        user_id=event.get("user_id"),
+        scope={"provider": provider, "model": model},
+        period="day",
+        period_start=day,
+        period_end=day + DAY_MS,
+        event_id=event.get("event_id"),
+        event_time=event["event_time"],
+        session_id=event.get("session_id"),
+        details=dict(details),
+    )
 
 
 def make_alert(

@@ -47,7 +47,13 @@ from streams import events as ev_mod
 from streams.budgets import Budget, BudgetMatcher
 from streams.errors import DecodeError
 from streams.pricing import PriceCatalog, PriceEntry
-from streams.processors.alerts import format_amount, make_alert, runaway_alert_id
+from streams.processors.alerts import (
+    DAY_MS,
+    format_amount,
+    make_alert,
+    runaway_alert_id,
+    unpriced_alert,
+)
 from streams.processors.dedup import ID_DTYPE, DedupMemory
 from streams.processors.detectors import RunawayRules, SessionState, runaway_reasons
 from streams.processors.periods import HOUR_MS, MINUTE_MS, PeriodCache
@@ -293,6 +299,9 @@ class PartitionAggregator:
         self.sessions: dict[str, SessionState] = {}
         #: runaway alert ids already raised -> clock when raised (kept past session expiry)
         self.runaway_alerted: dict[str, int] = {}
+        #: (provider, model, UTC day) already alerted as unpriced by this partition (the
+        #: alert id is the same on every partition and restart: the alert log keeps one)
+        self.unpriced_alerted: set[tuple[str, str, int]] = set()
         self._next_session_sweep = 0  # clock of the next idle-session scan
         # rollups: minute -> scope key -> counters, open windows only
         self.windows: dict[int, dict[tuple[Any, ...], list[int]]] = {}
@@ -544,6 +553,14 @@ class PartitionAggregator:
             if cost < 0:
                 row[2] += 1
                 cost = 0
+                day = t - t % DAY_MS
+                if (provider, model, day) not in self.unpriced_alerted:
+                    self.unpriced_alerted.add((provider, model, day))
+                    alerts.append(
+                        self._unpriced_alert(
+                            provider, model, eid, t, (org, team, user, session), prompt + out_tok
+                        )
+                    )
             row[3] += i_tok
             row[4] += cr
             row[5] += cw5
@@ -643,6 +660,15 @@ class PartitionAggregator:
             acc[2] += 1
             if t >= acc[4]:
                 acc[3], acc[4] = event["event_id"], t
+        if price.source == "unpriced":
+            day = t - t % DAY_MS
+            provider, model = event["provider"], event["model"]
+            if (provider, model, day) not in self.unpriced_alerted:
+                self.unpriced_alerted.add((provider, model, day))
+                who = (event["org_id"], event["team_id"], event["user_id"], event["session_id"])
+                out.alerts.append(
+                    self._unpriced_alert(provider, model, event["event_id"], t, who, tokens)
+                )
         row = [1, int(event["status"] != "ok"), int(price.source == "unpriced")]
         row += [event[f] for f in ev_mod.TOKEN_FIELDS] + [cost]
         out.late_rows.append((t - t % MINUTE_MS, key, row, offset))
@@ -870,7 +896,7 @@ class PartitionAggregator:
                     org_acc = self.org_minutes[okey] = [0, 0, 0, None, 0, 0]
                 accs = (org_acc, *accs)
             cached = by_matched[cache_key] = (matched, [0, 0, 0, None, -1, -1, accs])
-        prices = self.catalog._resolve(key[7], key[4])
+        prices = self.catalog.resolve_for(key[0], key[7], key[4])
         fixed: _Rates | None = None
         if prices and prices[0].effective_from_ms <= minute and not prices[0].tiers:
             r = prices[0].rates
@@ -897,6 +923,32 @@ class PartitionAggregator:
                 acc = self.partials[pkey] = [0, 0, 0, None, 0, period.end, 0, *version]
             found.append(acc)
         return tuple(found)
+
+    def _unpriced_alert(
+        self,
+        provider: str,
+        model: str,
+        event_id: str,
+        event_time: int,
+        who: tuple[str, str, str, str | None],
+        tokens: int,
+    ) -> dict[str, Any]:
+        """The day's first unpriced event of a model on this partition (rare: not hot)."""
+        found = self.catalog.resolution(provider, model)
+        details = {"catalog_version": self.catalog.version, "why": found.why}
+        if found.definition is not None:
+            details["model_id"] = found.definition.model_id
+            if found.definition.unpriced_reason:
+                details["unpriced_reason"] = found.definition.unpriced_reason
+        # forget days the clock has left (their ids stay in the alert log)
+        old = {k for k in self.unpriced_alerted if k[2] < event_time - 2 * DAY_MS}
+        self.unpriced_alerted -= old
+        event = dict(
+            zip(("org_id", "team_id", "user_id", "session_id"), who, strict=True),
+            event_id=event_id,
+            event_time=event_time,
+        )
+        return unpriced_alert(provider, model, event, tokens, self.now_ms(), details)
 
     # ------------------------------------------------------------------ sessions
 
@@ -978,6 +1030,7 @@ class PartitionAggregator:
             "orgs": [[k[0], k[1], *v] for k, v in self.org_minutes.items()],
             "sessions": {sid: st.to_list() for sid, st in self.sessions.items()},
             "runaway_alerted": self.runaway_alerted,
+            "unpriced_alerted": [list(k) for k in self.unpriced_alerted],
             # msgpack writes tuple keys as arrays; restore() turns them back into tuples
             "windows": [[minute, list(rows.items())] for minute, rows in self.windows.items()],
         }
@@ -992,6 +1045,7 @@ class PartitionAggregator:
         self.org_minutes = {(o[0], o[1]): list(o[2:]) for o in state["orgs"]}
         self.sessions = {s: SessionState.from_list(v) for s, v in state["sessions"].items()}
         self.runaway_alerted = dict(state["runaway_alerted"])
+        self.unpriced_alerted = {(k[0], k[1], k[2]) for k in state.get("unpriced_alerted", ())}
         self.windows = {
             minute: {_key_from_plain(d): list(c) for d, c in rows}
             for minute, rows in state["windows"]

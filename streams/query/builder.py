@@ -243,6 +243,30 @@ class Builder:
         )
         return Query(sql, params)
 
+    # -- unpriced -------------------------------------------------------------------------------
+
+    def unpriced(
+        self, start: dt.datetime, end: dt.datetime, filters: Mapping[str, str] | None = None
+    ) -> Query:
+        """Requests and tokens the catalog could not price, per (provider, model): raw events
+        (the rollups count unpriced requests but not their tokens apart)."""
+        params = {"start": _format(start, "raw"), "end": _format(end, "raw")}
+        where = self._filters(filters or {}, params)
+        sql = (
+            "SELECT provider, model, count() AS requests, "
+            "sum(input_tokens + cache_read_tokens + cache_write_5m_tokens "
+            "+ cache_write_1h_tokens) AS prompt_tokens, sum(output_tokens) AS output_tokens, "
+            "sum(reasoning_tokens) AS reasoning_tokens, uniqExact(org_id) AS orgs, "
+            "min(event_time) AS first_seen, max(event_time) AS last_seen\n"
+            f"FROM {self.raw}\n"
+            "WHERE event_time >= {start:DateTime64(3, 'UTC')} "
+            "AND event_time < {end:DateTime64(3, 'UTC')} AND cost_source = 'unpriced'"
+            f"{where}\n"
+            "GROUP BY provider, model\n"
+            "ORDER BY requests DESC, provider, model"
+        )
+        return Query(sql, params)
+
     # -- helpers -------------------------------------------------------------------------------
 
     @staticmethod

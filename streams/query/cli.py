@@ -1,4 +1,4 @@
-"""``spendstream report``: spend, top sessions, burn rate, cache and task share."""
+"""``spendstream report``: spend, top sessions, burn rate, cache, task share, unpriced."""
 
 from __future__ import annotations
 
@@ -104,3 +104,10 @@ def cache(fmt: str, **kw: Any) -> None:
 def tasks(fmt: str, **kw: Any) -> None:
     """Agentic vs chat: cost and request share per task type (default: month to date)."""
     _run(fmt, lambda r, a: r.task_share(a[0], a[1]), **kw)
+
+
+@report.command("unpriced")
+@_common
+def unpriced(fmt: str, **kw: Any) -> None:
+    """Models the catalog could not price, with request and token counts (default: month)."""
+    _run(fmt, lambda r, a: r.unpriced(a[0], a[1]), **kw)

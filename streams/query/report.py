@@ -247,6 +247,39 @@ class Reports:
         view = [c for c in columns if c != "cost_nanos"]
         return Report(_title("Agentic vs chat", rng), columns, rows, table_columns=view)
 
+    def unpriced(self, rng: TimeRange, filters: Mapping[str, str] | None = None) -> Report:
+        """Models the catalog could not price (cost counted as 0), with request and token
+        counts, and what the current catalog says about each now."""
+        rows = self._rows(self.builder.unpriced(rng.start, rng.end, filters))
+        tz = zone(rng.timezone)
+        for row in rows:
+            last = row["last_seen"]
+            last_ms = int(last.replace(tzinfo=last.tzinfo or UTC).timestamp() * 1000)
+            found = self.catalog.resolution(row["provider"], row["model"])
+            entry = self.catalog.lookup(row["provider"], row["model"], last_ms)
+            if entry is not None:
+                row["now"] = f"priced now ({entry.label}): run `spendstream backfill --reprice`"
+            elif found.definition is not None and found.definition.unpriced_reason:
+                row["now"] = f"deliberately unpriced: {found.definition.unpriced_reason}"
+            else:
+                row["now"] = found.why
+            for key in ("first_seen", "last_seen"):
+                row[key] = _local(row[key], tz)
+        columns = ["provider", "model", "requests", "prompt_tokens", "output_tokens"]
+        columns += ["reasoning_tokens", "orgs", "first_seen", "last_seen", "now"]
+        view = ["provider", "model", "requests", "prompt_tokens", "output_tokens", "orgs"]
+        view += ["last_seen", "now"]
+        total = sum(int(r["requests"]) for r in rows)
+        notes = (
+            [
+                f"{total:,} requests counted as $0; add a price (overlay, or `spendstream prices "
+                "sync`), then `spendstream backfill --reprice` for the range"
+            ]
+            if rows
+            else ["every request in the range was priced"]
+        )
+        return Report(_title("Unpriced models", rng), columns, rows, notes, view)
+
 
 def _local(value: dt.datetime, tz: Any) -> str:
     if value.tzinfo is None:

@@ -23,7 +23,9 @@ import click
 from streams.clickhouse import Target
 from streams.errors import MigrationError
 from streams.migrate import Migration, load_migrations, render
+from streams.pricing import PriceCatalog, default_catalog
 from streams.query.ranges import ceil_utc, floor_utc
+from streams.sink.reprice import RepriceReport, reprice
 
 ROLLUPS = {
     "spend_hourly": ("hour", dt.timedelta(hours=1)),
@@ -108,11 +110,30 @@ def backfill(
     return int(written) if written is not None else -1
 
 
+def reprice_and_rebuild(
+    client: Any, target: Target, catalog: PriceCatalog, start: dt.datetime, end: dt.datetime
+) -> RepriceReport:
+    """``--reprice``: price the range's stored events again, then rebuild every rollup of
+    the range if any row changed."""
+    report = reprice(client, target, catalog, start, end)
+    if report.changes:
+        for name in ROLLUPS:
+            report.rollups[name] = backfill(client, target, name, start, end)
+    return report
+
+
 @click.command("backfill")
 @click.option("--rollup", type=click.Choice([*ROLLUPS, "all"]), default="all")
 @click.option("--from", "start", required=True, help="UTC start (ISO), widened to the bucket.")
 @click.option("--to", "end", required=True, help="UTC end (ISO, exclusive), widened.")
-def backfill_command(rollup: str, start: str, end: str) -> None:
+@click.option(
+    "--reprice",
+    "reprice_rows",
+    is_flag=True,
+    help="First price the range's stored events again with the current catalog (new "
+    "price_version where the price changed, e.g. a model that was unpriced), then rebuild.",
+)
+def backfill_command(rollup: str, start: str, end: str, reprice_rows: bool) -> None:
     """Rebuild rollup rows for a range from token_events (stop the sink for live ranges)."""
     from streams.clickhouse import connect
     from streams.query.ranges import resolve
@@ -123,6 +144,12 @@ def backfill_command(rollup: str, start: str, end: str) -> None:
     target = Target.from_settings(settings)
     client = connect(settings)
     try:
+        if reprice_rows:
+            report = reprice_and_rebuild(client, target, default_catalog(), rng.start, rng.end)
+            for line in report.lines():
+                click.echo(line)
+            if report.changes:
+                return  # the rollups were rebuilt with the new prices
         for name in ROLLUPS if rollup == "all" else [rollup]:
             written = backfill(client, target, name, rng.start, rng.end)
             lo, hi = align(rng.start, rng.end, ROLLUPS[name][1])

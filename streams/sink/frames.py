@@ -20,6 +20,7 @@ from streams.pricing import (
     SOURCE_UNPRICED,
     TOKENS_PER_PRICE_UNIT,
     PriceCatalog,
+    precedence,
 )
 from streams.sink.columns import ARROW_SCHEMA, MS_PER_HOUR
 
@@ -71,28 +72,32 @@ class FramePricer:
 
     def __init__(self, catalog: PriceCatalog) -> None:
         self.catalog = catalog
-        self._candidates: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+        self._candidates: dict[tuple[str, str, str | None], list[tuple[Any, ...]]] = {}
 
-    def _rows_for(self, provider: str, model: str) -> list[tuple[Any, ...]]:
+    def _rows_for(self, provider: str, model: str, org: str | None = None) -> list[tuple[Any, ...]]:
         """Every (version, tier) a (provider, model) can be priced at: from when, above which
-        prompt size, at what rates, under which price_version label."""
-        found = self._candidates.get((provider, model))
+        prompt size, at what rates, under which price_version label (an org's negotiated
+        versions included when ``org`` is given)."""
+        found = self._candidates.get((provider, model, org))
         if found is None:
             found = []
-            version = self.catalog.version
-            for entry in self.catalog._resolve(provider, model):
-                label = f"{version}:{entry.model_id}@{entry.effective_from}"
+            for entry in self.catalog.resolve_for(org, provider, model):
+                label = entry.label
                 tiers = [(-1, entry.rates, label)]
                 tiers += [
                     (t.above_prompt_tokens, t.rates, f"{label}>{t.above_prompt_tokens}")
                     for t in entry.tiers
                 ]
+                org_rank, _, overlay_rank = precedence(entry)
                 for above, rates, name in tiers:
                     found.append(
                         (
+                            *((org,) if org is not None else ()),
                             provider,
                             model,
+                            int(org_rank),
                             entry.effective_from_ms,
+                            int(overlay_rank),
                             above,
                             rates.input,
                             rates.cache_read,
@@ -103,7 +108,7 @@ class FramePricer:
                             name,
                         )
                     )
-            self._candidates[(provider, model)] = found
+            self._candidates[(provider, model, org)] = found
         return found
 
     def price(self, frame: pl.DataFrame) -> pl.DataFrame | None:
@@ -117,14 +122,22 @@ class FramePricer:
                 pl.lit(SOURCE_REPORTED).alias("cost_source"),
                 pl.lit(SOURCE_REPORTED).alias("price_version"),
             )
-        pairs = unpriced.select("provider", "model").unique().rows()
-        candidates = [row for pair in pairs for row in self._rows_for(*pair)]
+        by_org = self.catalog.has_org_rates  # negotiated rates: the org is part of the key
+        keys = ["org_id", "provider", "model"] if by_org else ["provider", "model"]
+        pairs = unpriced.select(keys).unique().rows()
+        if by_org:
+            candidates = [row for o, p, m in pairs for row in self._rows_for(p, m, o)]
+        else:
+            candidates = [row for pair in pairs for row in self._rows_for(*pair)]
         table = pl.DataFrame(
             candidates,
             schema={
+                **({"org_id": pl.String} if by_org else {}),
                 "provider": pl.String,
                 "model": pl.String,
+                "__org": pl.Int8,
                 "__from": pl.Int64,
+                "__ovl": pl.Int8,
                 "__above": pl.Int64,
                 **{name: pl.Int64 for name in _RATE_COLUMNS},
                 "__version": pl.String,
@@ -137,15 +150,16 @@ class FramePricer:
             + col("cache_write_5m_tokens")
             + col("cache_write_1h_tokens")
         )
-        needed = ["provider", "model", "event_time", "cost_nanos", *events.TOKEN_FIELDS]
+        needed = [*keys, "event_time", "cost_nanos", *events.TOKEN_FIELDS]
         indexed = frame.lazy().select(needed).with_row_index("__row")
-        # newest version in force at event_time, then the highest tier below the prompt size
+        # the winning version in force at event_time (catalog.precedence: an org's, then the
+        # newest, then an overlay's), then the highest tier below the prompt size
         chosen = (
             indexed.filter(col("cost_nanos").is_null())
-            .select("__row", "provider", "model", "event_time", prompt.alias("__prompt"))
-            .join(table.lazy(), on=["provider", "model"], how="inner")
+            .select("__row", *keys, "event_time", prompt.alias("__prompt"))
+            .join(table.lazy(), on=keys, how="inner")
             .filter((col("__from") <= col("event_time")) & (col("__prompt") > col("__above")))
-            .sort("__row", "__from", "__above")
+            .sort("__row", "__org", "__from", "__ovl", "__above")
             .unique(subset="__row", keep="last", maintain_order=True)
             .select("__row", *_RATE_COLUMNS, "__version")
         )

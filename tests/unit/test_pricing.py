@@ -88,8 +88,12 @@ def test_first_matching_model_wins_over_broader_patterns():
     assert (
         catalog.price(event(model="claude-opus-4-1", input_tokens=10**6)).cost_nanos == 15 * 10**9
     )
+    # Bedrock in-region ids cost Bedrock's regional price, 10% above first party ($5.50/M
+    # output; the 2025-11-24 catalog gave the first-party $5); global profiles cost $5
     bedrock = event(provider="aws.bedrock", model="anthropic.claude-haiku-4-5-20251001-v1:0")
-    assert catalog.price(dict(bedrock, output_tokens=10**6)).cost_nanos == 5 * 10**9
+    assert catalog.price(dict(bedrock, output_tokens=10**6)).cost_nanos == 5_500_000_000
+    world = dict(bedrock, model="global.anthropic.claude-haiku-4-5-20251001-v1:0")
+    assert catalog.price(dict(world, output_tokens=10**6)).cost_nanos == 5 * 10**9
 
 
 def test_explicit_reasoning_price_and_openai_cache():
