@@ -42,6 +42,16 @@ class AlertLog:
         with self._lock:
             return alert_id in self._ids
 
+    def claim(self, alert_id: str) -> bool:
+        """True once per id: the caller publishes it (several partitions of this process may
+        raise the same alert, e.g. unpriced_model). Kept as sent from now on; a send that
+        fails stops the worker, and the replay raises it again."""
+        with self._lock:
+            if alert_id in self._ids:
+                return False
+            self._ids[alert_id] = time.time()
+            return True
+
     def add(self, alert_id: str, at: float | None = None) -> None:
         with self._lock:
             self._ids[alert_id] = time.time() if at is None else at

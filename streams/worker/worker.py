@@ -354,22 +354,14 @@ class Worker:
         topic = self.settings.topic_alerts
         for alert in alerts:
             aid = alert["alert_id"]
-            if self.alert_log.seen(aid):
+            if not self.alert_log.claim(aid):
                 continue
             fut = await producer.send(
                 topic, aid.encode(), self.alert_codec.encode(alert), None, None, None
             )
             self._sent(slot, fut, "alert")
-            cast("asyncio.Future[Any]", fut).add_done_callback(self._alert_sent(aid))
             self.stats["alerts"] += 1
             log.info("alert %s %s: %s", alert["kind"], aid, alert["message"])
-
-    def _alert_sent(self, alert_id: str) -> Callable[[asyncio.Future[Any]], None]:
-        def done(future: asyncio.Future[Any]) -> None:
-            if not future.cancelled() and future.exception() is None:
-                self.alert_log.add(alert_id)
-
-        return done
 
     def _start_lookups(self, slot: _PartitionSlot, lookups: list[Lookup]) -> None:
         self.stats["lookups"] += len(lookups)

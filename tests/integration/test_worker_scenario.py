@@ -332,12 +332,16 @@ class Workers:
                 raise AssertionError(f"worker exited with {proc.returncode}: see {self.logs}")
 
 
-def _produce(settings: Settings, messages: list[Message]) -> None:
+def _produce(
+    settings: Settings, messages: list[Message] | list[tuple[bytes | None, bytes]]
+) -> None:
+    """(key, value[, arrival]): with an arrival, the record carries it (CreateTime topics)."""
     producer = Producer(
         {**settings.kafka_client_config(), "enable.idempotence": True, "linger.ms": 5}
     )
-    for key, value, arrival in messages:
-        producer.produce(settings.topic_events, value=value, key=key, timestamp=arrival)
+    for key, value, *arrival in messages:
+        stamp = {"timestamp": arrival[0]} if arrival else {}
+        producer.produce(settings.topic_events, value=value, key=key, **stamp)
     assert producer.flush(30) == 0
 
 
