@@ -281,7 +281,18 @@ class Settings:
     log_level: str = _field(
         "LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "log level"
     )
-    metrics_port: int = _field("METRICS_PORT", _int, 0, "Prometheus port; 0 disables")
+    metrics_port: int = _field(
+        "METRICS_PORT", _int, 0, "Prometheus metrics (and /healthz) port; 0 disables"
+    )
+    metrics_host: str = _field(
+        "METRICS_HOST", _str, "127.0.0.1", "address the metrics port binds (0.0.0.0: all)"
+    )
+    worker_stall_s: float = _field(
+        "WORKER_STALL_S",
+        _positive_float,
+        120.0,
+        "worker: /healthz fails when a partition with records to read made no progress this long",
+    )
 
     @property
     def kafka_is_local(self) -> bool:

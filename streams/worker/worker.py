@@ -31,6 +31,7 @@ import msgspec
 from confluent_kafka import KafkaError, KafkaException, Producer
 from faust.types import TP
 
+from streams import observe
 from streams.budgets import BudgetView, StaticBudgets
 from streams.deadletter import DeadLetter
 from streams.errors import SpendstreamError
@@ -54,6 +55,7 @@ from streams.worker import fetch
 from streams.worker.alertlog import AlertLog
 from streams.worker.config import WorkerConfig, broker_settings, partials_topic, worker_topics
 from streams.worker.fastpath import BatchTopic, SpendApp
+from streams.worker.metrics import WorkerMetrics
 from streams.worker.sinkview import SinkView
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,8 @@ class Worker:
         self._rollups_waiting = asyncio.Event()
         self._rollup_producer: Producer | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="sink-view")
+        self.metrics = WorkerMetrics()
+        self._health: tuple[bool, dict[str, Any]] = (True, {})
         self.app = self._build_app()
 
     # ------------------------------------------------------------------ app
@@ -285,11 +289,16 @@ class Worker:
         await self.alert_log.ready()
         slot = self._slot1(message.partition)
         processor: PartitionAggregator = slot.processor
+        hops = self.metrics.hops
+        newest = message.value[-1].timestamp if message.value else None
+        if newest:
+            hops["appended_to_fetched"].observe(max(0.0, time.time() - newest / 1000))
+        started = time.perf_counter()
         out = processor.process(message.value)
+        hops["stage1"].observe(time.perf_counter() - started)
         slot.held.append(event)
         slot.last_batch_at = time.monotonic()
-        self.stats["events"] += out.counted
-        self.stats["duplicates"] += out.duplicates
+        self._count(out)
         await self._publish_stage1(slot, out)
         if out.lookups:
             self._start_lookups(slot, out.lookups)
@@ -314,7 +323,9 @@ class Worker:
             s.event_partitions,
             everywhere=everywhere,
         )
+        sent_at = int(time.time() * 1000)
         for target, pack in packs.items():
+            pack["at"] = sent_at
             fut = await producer.send(topic, None, _msgpack_encode(pack), target, None, None)
             self._sent(slot, fut, "partials")
         self.stats["partials"] += len(out.budget_partials) + len(out.org_partials)
@@ -348,20 +359,38 @@ class Worker:
         if out.alerts:
             await self._send_alerts(slot, out.alerts)
 
-    async def _send_alerts(self, slot: _PartitionSlot, alerts: list[dict[str, Any]]) -> None:
-        """Publish the alerts not already on the topic; the checkpoint waits for their acks."""
+    async def _send_alerts(
+        self, slot: _PartitionSlot, alerts: list[dict[str, Any]], clock: int = 0
+    ) -> None:
+        """Publish the alerts not already on the topic; the checkpoint waits for their acks.
+        ``clock``: the newest broker time of the records behind them (stage 1: the slot's)."""
         producer = self.app.producer
         topic = self.settings.topic_alerts
+        hops = self.metrics.hops
+        clock = clock or getattr(slot.processor, "clock", 0)
         for alert in alerts:
             aid = alert["alert_id"]
             if not self.alert_log.claim(aid):
                 continue
+            if clock:
+                hops["appended_to_alert"].observe(max(0.0, time.time() - clock / 1000))
             fut = await producer.send(
                 topic, aid.encode(), self.alert_codec.encode(alert), None, None, None
             )
             self._sent(slot, fut, "alert")
+            future = cast("asyncio.Future[Any]", fut)
+            future.add_done_callback(self._acked(hops["alert_ack"], time.perf_counter()))
+            self.metrics.alerts.labels(alert["kind"]).inc()
             self.stats["alerts"] += 1
             log.info("alert %s %s: %s", alert["kind"], aid, alert["message"])
+
+    @staticmethod
+    def _acked(histogram: Any, since: float) -> Callable[[asyncio.Future[Any]], None]:
+        def done(future: asyncio.Future[Any]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                histogram.observe(time.perf_counter() - since)
+
+        return done
 
     def _start_lookups(self, slot: _PartitionSlot, lookups: list[Lookup]) -> None:
         self.stats["lookups"] += len(lookups)
@@ -384,9 +413,19 @@ class Worker:
         if self.stage1.get(slot.partition) is not slot:
             return  # revoked meanwhile: the next owner restores the deferred events and asks
         out = slot.processor.resolve(answers)
+        self._count(out, resolved=True)
+        await self._publish_stage1(slot, out)
+
+    def _count(self, out: Stage1Output, resolved: bool = False) -> None:
         self.stats["events"] += out.counted
         self.stats["duplicates"] += out.duplicates
-        await self._publish_stage1(slot, out)
+        outcomes = self.metrics.outcomes
+        outcomes["counted"].inc(out.counted)
+        outcomes["duplicate"].inc(out.duplicates)
+        outcomes["dead"].inc(len(out.dead))
+        outcomes["skipped"].inc(out.skipped)
+        if not resolved:
+            outcomes["deferred"].inc(len(out.lookups))
 
     def _owner(self, slot: _PartitionSlot) -> _PartitionSlot | None:
         return self.stage1.get(slot.partition)
@@ -518,9 +557,18 @@ class Worker:
                 decoded.append((record.offset, _msgpack_decode(record.value)))
             except (msgspec.DecodeError, TypeError) as exc:  # internal topic: should not happen
                 log.error("unreadable partials at offset %d: %s", record.offset, exc)
+        hops = self.metrics.hops
+        now = time.time() * 1000
+        clock = 0
+        for _, pack in decoded:
+            clock = max(clock, pack.get("ck", 0))
+            if "at" in pack:
+                hops["partials_in_flight"].observe(max(0.0, now - pack["at"]) / 1000)
+        started = time.perf_counter()
         out = processor.process(decoded)
+        hops["stage2"].observe(time.perf_counter() - started)
         slot.held.append(event)
-        await self._publish_stage2(slot, out)
+        await self._publish_stage2(slot, out, clock)
 
     def _start_baselines(self, slot: _PartitionSlot, requests: list[BaselineRequest]) -> None:
         for request in requests:
@@ -556,15 +604,24 @@ class Worker:
         out = slot.processor.set_baseline(request, rows)
         await self._publish_stage2(slot, out)
 
-    async def _publish_stage2(self, slot: _PartitionSlot, out: Stage2Output) -> None:
+    async def _publish_stage2(
+        self, slot: _PartitionSlot, out: Stage2Output, clock: int = 0
+    ) -> None:
+        """``clock``: the newest broker time among the packs behind ``out`` (for the hops)."""
         producer = self.app.producer
+        hops = self.metrics.hops
         for budget_id, value in out.enforcement:
+            if clock and value is not None:
+                hops["appended_to_block"].observe(max(0.0, time.time() - clock / 1000))
             fut = await producer.send(
                 self.settings.topic_enforcement, budget_id.encode(), value, None, None, None
             )
             self._sent(slot, fut, "enforcement record")
+            cast("asyncio.Future[Any]", fut).add_done_callback(
+                self._acked(hops["block_ack"], time.perf_counter())
+            )
         if out.alerts:
-            await self._send_alerts(slot, out.alerts)
+            await self._send_alerts(slot, out.alerts, clock)
         if out.baselines:
             self._start_baselines(slot, out.baselines)
 
@@ -590,6 +647,45 @@ class Worker:
         for slot in list(self.stage2.values()):
             if self.stage2.get(slot.partition) is slot:
                 await self._publish_stage2(slot, slot.processor.tick(now))
+        self._check_health(consumer)
+
+    def _check_health(self, consumer: Any) -> None:
+        """Unhealthy when an owned partition has records to read and made no progress for
+        ``worker_stall_s`` (a liveness probe then restarts the worker; its partitions move)."""
+        stalled: list[str] = []
+        lags = self.metrics.lag
+        now = time.monotonic()
+        started_at = getattr(self, "_started_at", None) or now
+        self._started_at = started_at
+        for topic, slots in (
+            (self.settings.topic_events, self.stage1),
+            (partials_topic(self.settings), self.stage2),
+        ):
+            for tp in self._assigned(topic):
+                slot = slots.get(tp.partition)
+                applied = slot.processor.applied if slot is not None else -1
+                high = consumer.highwater(tp) if consumer is not None else None
+                if high is None:
+                    continue
+                lag = max(0, high - applied - 1)
+                lags.labels(topic, str(tp.partition)).set(lag)
+                last = slot.last_batch_at if slot is not None and slot.last_batch_at else started_at
+                if lag and now - last > self.settings.worker_stall_s:
+                    stalled.append(f"{topic}[{tp.partition}]: lag {lag}, idle {now - last:.0f}s")
+        waiting = [
+            f"{stage}[{slot.partition}]: checkpoint waits {now - slot.waiting_since:.0f}s"
+            for stage, slots in (("stage1", self.stage1), ("stage2", self.stage2))
+            for slot in slots.values()
+            if slot.waiting_since and now - slot.waiting_since > self.settings.worker_stall_s
+        ]
+        healthy = not stalled and not waiting
+        self.metrics.healthy.set(1 if healthy else 0)
+        self._health = (healthy, {"stalled": stalled + waiting})
+        if not healthy:
+            log.error("worker makes no progress: %s", "; ".join(stalled + waiting))
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        return self._health
 
     def _assigned(self, topic: str) -> list[TP]:
         try:
@@ -667,6 +763,7 @@ class Worker:
                     )
 
     def _checkpoint1(self, slot: _PartitionSlot) -> None:
+        started = time.perf_counter()
         processor: PartitionAggregator = slot.processor
         prefix = f"{slot.partition}"
         epoch = slot.epoch + 1
@@ -684,6 +781,7 @@ class Worker:
             self._write(self.table1, slot.partition, f"{prefix}|dd|{chunk_epoch}", None)
         slot.epoch = epoch
         self._ack(slot)
+        self.metrics.hops["checkpoint"].observe(time.perf_counter() - started)
 
     def _checkpoint2(self, slot: _PartitionSlot) -> None:
         epoch = slot.epoch + 1
@@ -714,6 +812,13 @@ class Worker:
     def run(self) -> None:
         """Run until SIGTERM/SIGINT (faust's worker, uvloop event loop)."""
         self._prepare()
+        if self.settings.metrics_port:
+            observe.serve(
+                self.metrics.registry,
+                self.settings.metrics_host,
+                self.settings.metrics_port,
+                self.health,
+            )
         tune_gc()
         worker = faust.Worker(
             self.app,
