@@ -296,16 +296,17 @@ def _env(settings: Settings) -> dict[str, str]:
 
 
 class Workers:
-    def __init__(self, settings: Settings, logs: Path) -> None:
+    def __init__(self, settings: Settings, logs: Path, extra: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.logs = logs
+        self.extra = {f"SPENDSTREAM_{k}": v for k, v in (extra or {}).items()}
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, command: str = "worker") -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{command}-{len(self.procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-c", "from streams.cli import main; main()", command],
-            env=_env(self.settings),
+            env={**_env(self.settings), **self.extra},
             stdout=log,
             stderr=subprocess.STDOUT,
         )

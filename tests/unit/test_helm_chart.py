@@ -439,15 +439,20 @@ def test_probes_use_endpoints_that_exist(scenarios: dict[str, list[dict[str, Any
                 assert annotations["prometheus.io/port"] == metrics_port
             if container["name"] == "worker":
                 web = "--web" in container["args"]
-                # without faust's web server the worker listens on nothing: no port, no probe
-                assert bool(ports) == web
-                assert web == ("livenessProbe" in container)
+                env = {v["name"]: v.get("value") for v in container["env"]}
+                # the worker's own endpoint: metrics, and the health its liveness probe reads
+                assert ports["worker-metrics"] == int(env["SPENDSTREAM_METRICS_PORT"])
+                assert env["SPENDSTREAM_METRICS_HOST"] == "0.0.0.0"
+                assert container["livenessProbe"]["httpGet"] == {
+                    "path": "/healthz",
+                    "port": "worker-metrics",
+                }
                 annotations = doc["spec"]["template"]["metadata"]["annotations"]
-                assert "prometheus.io/scrape" not in annotations  # it has no metrics
+                assert annotations["prometheus.io/scrape"] == "true"
+                assert annotations["prometheus.io/port"] == env["SPENDSTREAM_METRICS_PORT"]
+                assert ("http" in ports) == web
                 if web:
-                    env = {v["name"]: v.get("value") for v in container["env"]}
                     assert env["F_WEB_PORT"] == str(ports["http"])
-                    assert container["livenessProbe"]["httpGet"]["path"] == "/"
             if container["name"] == "migrate":
                 assert not ports
 
