@@ -1,3 +1,5 @@
 """The load-test harness behind ``spendstream loadtest`` and ``spendstream demo``: traffic,
-scenarios, the run, its charts, and the live display (``streams.loadtest.display``).
+scenarios, the run, its charts, and the live display (``streams.loadtest.display``); and the
+reference model of budget truth (``streams.loadtest.reference``) its checker and the property
+tests compare the worker with.
 """
