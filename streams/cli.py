@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "budgets": ("streams.budgets.cli", "budgets_cli", None, "Create, list and delete budgets."),
     "demo": ("streams.demo", "demo", "all", "Run the demo on the embedded local stack."),
     "prices": ("streams.pricing.cli", "prices", None, "Show, quote and sync the price catalog."),
+    "alerts": ("streams.alerts.cli", "alerts", None, "Follow the alerts topic (alerts tail)."),
 }
 
 

@@ -234,6 +234,48 @@ def test_the_alert_consumer_prints_each_alert_once(kafka_settings, new_topic):
     ], errors
 
 
+def test_the_alert_decoder_example_prints_new_alerts(kafka_settings, new_topic):
+    topic = new_topic("readme.decoder")
+    code = plain_client(
+        readme_block("alerts-decoder"), kafka_settings, **{"spendstream.alerts": topic}
+    )
+    consumer = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=python_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in consumer.stdout], daemon=True).start()
+    producer = Producer(kafka_settings.kafka_client_config())
+    printed = None
+    try:
+        # a new group starts at the end of the topic: send until its assignment has happened
+        for n in range(60):
+            record = make_alert(
+                "threshold_crossed",
+                f"crossed-{n}",
+                events.now_ms(),
+                "budget plat-day reached 100%",
+                1,
+                team_id="platform",
+                budget_id="plat-day",
+            )
+            producer.produce(topic, AvroCodec("budget_alert").encode(record), f"{n}".encode())
+            assert producer.flush(30) == 0
+            try:
+                printed = lines.get(timeout=1.0).strip()
+                break
+            except queue.Empty:
+                continue
+    finally:
+        consumer.kill()
+        _, errors = consumer.communicate(timeout=30)
+    assert printed == "threshold_crossed platform plat-day budget plat-day reached 100%", errors
+
+
 def _block(kafka_settings, new_topic, model: str) -> str:
     """A fresh enforcement topic holding the worker's block state of one budget on ``model``."""
     topic = new_topic("readme.enforcement", config={"cleanup.policy": "compact"})
