@@ -95,7 +95,7 @@ def _secret(raw: str) -> Secret:
 def _timezone(raw: str) -> str:
     try:
         ZoneInfo(raw)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # "America" is a directory
         raise ValueError(f"unknown time zone {raw!r}") from exc
     return raw
 

@@ -41,6 +41,13 @@ DEFAULT_THRESHOLDS: Final = (50, 80, 100)
 NANOS_PER_USD: Final = 1_000_000_000
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 _DURATION = re.compile(r"^(\d+)\s*(m|min|h|d)$")
+#: The largest limit a budget may have: the Avro ``long`` it travels as (nano-USD or tokens).
+MAX_LIMIT: Final = (1 << 63) - 1
+#: The longest rolling window: a year and a day (longer windows are calendar budgets' job).
+MAX_ROLLING_WINDOW_S: Final = 366 * 86_400
+#: YAML values a scalar setting (id, scope value, amount, zone...) may be: never a list or
+#: mapping, whose str() or repr() could expand an alias bomb (``&a [*b, *b, ...]``).
+_SCALARS: Final = (str, int, float, bool, type(None))
 
 
 class BudgetError(SpendstreamError, ValueError):
@@ -170,20 +177,30 @@ def budget_problems(budget: Budget) -> list[str]:
         window = budget.rolling_window_s
         if not isinstance(window, int) or window * 1000 < MINUTE_MS:
             found.append("a rolling budget needs rolling_window_s >= 60")
+        elif window > MAX_ROLLING_WINDOW_S:
+            found.append(f"rolling_window_s must be at most {MAX_ROLLING_WINDOW_S} (366 days)")
     elif budget.rolling_window_s is not None:
         found.append("rolling_window_s is only for period: rolling")
     if not isinstance(budget.limit, int) or isinstance(budget.limit, bool) or budget.limit <= 0:
         found.append("limit must be a positive integer (nano-USD or tokens)")
+    elif budget.limit > MAX_LIMIT:
+        found.append(f"limit must be at most {MAX_LIMIT:,} (a signed 64-bit integer)")
+    if budget.description is not None and not isinstance(budget.description, str):
+        found.append("description must be a string")
     if budget.unit not in UNITS:
         found.append(f"unit must be one of {', '.join(UNITS)}")
     if budget.mode not in MODES:
         found.append(f"mode must be one of {', '.join(MODES)}")
     try:
+        if not isinstance(budget.timezone, str):
+            raise TypeError(budget.timezone)
         _zone(budget.timezone)
     except Exception:
-        found.append(f"unknown time zone {budget.timezone!r}")
+        found.append(f"unknown time zone {_show(budget.timezone)}")
     thresholds = budget.thresholds_pct
-    if not thresholds or any(not isinstance(t, int) or not 0 < t <= 1000 for t in thresholds):
+    if not thresholds or any(
+        not isinstance(t, int) or isinstance(t, bool) or not 0 < t <= 1000 for t in thresholds
+    ):
         found.append("thresholds_pct must be integers in 1..1000")
     elif list(thresholds) != sorted(set(thresholds)):
         found.append("thresholds_pct must be strictly increasing")
@@ -203,41 +220,67 @@ def budget_problems(budget: Budget) -> list[str]:
 # ---------------------------------------------------------------------------- YAML / CLI input
 
 
-def parse_money(raw: Any) -> int:
-    """'$1,250.50', '1250.5', 12 -> nano-USD (exact, via Decimal)."""
-    text = str(raw).strip().replace(",", "").replace("_", "")
-    if text.startswith("$"):
-        text = text[1:]
+def _show(raw: Any) -> str:
+    """``raw`` for an error message: a short repr of a scalar, only the type of anything else
+    (the repr of a YAML alias bomb would never end)."""
+    if isinstance(raw, _SCALARS):
+        text = repr(raw)
+        return text if len(text) <= 80 else text[:77] + "..."
+    return f"a {type(raw).__name__}"
+
+
+def _scalar_text(raw: Any, what: str) -> str:
+    if not isinstance(raw, _SCALARS):
+        raise BudgetError(f"{what} must be a single value, not {_show(raw)}")
+    return str(raw)
+
+
+def _bounded(value: Decimal, raw: Any, what: str) -> int:
+    """An exact integer from ``value``, refused unless in 1..MAX_LIMIT (Decimal arithmetic on
+    1e999999 overflows, and int() of a huge integer is slow or refused)."""
+    if not value.is_finite() or value != value.to_integral_value() or value <= 0:
+        raise BudgetError(f"{what} must be a positive integer: {_show(raw)}")
+    if value > MAX_LIMIT:
+        raise BudgetError(f"{what} must be at most {MAX_LIMIT:,}: {_show(raw)}")
+    return int(value)
+
+
+def _decimal(text: str, raw: Any, what: str) -> Decimal:
     try:
         value = Decimal(text)
     except InvalidOperation as exc:
-        raise BudgetError(f"not an amount of USD: {raw!r}") from exc
-    nanos = value * NANOS_PER_USD
+        raise BudgetError(f"not {what}: {_show(raw)}") from exc
+    if not value.is_finite() or value.adjusted() > 30:  # beyond any limit, and keeps * exact
+        raise BudgetError(f"{what} must be finite and at most {MAX_LIMIT:,}: {_show(raw)}")
+    return value
+
+
+def parse_money(raw: Any) -> int:
+    """'$1,250.50', '1250.5', 12 -> nano-USD (exact, via Decimal)."""
+    text = _scalar_text(raw, "an amount of USD").strip().replace(",", "").replace("_", "")
+    if text.startswith("$"):
+        text = text[1:]
+    nanos = _decimal(text, raw, "an amount of USD") * NANOS_PER_USD
     if nanos != nanos.to_integral_value() or nanos <= 0:
-        raise BudgetError(f"USD amount must be positive with at most 9 decimals: {raw!r}")
-    return int(nanos)
+        raise BudgetError(f"USD amount must be positive with at most 9 decimals: {_show(raw)}")
+    return _bounded(nanos, raw, "a limit in nano-USD")
 
 
 def parse_tokens(raw: Any) -> int:
     """'2M', '500k', 1000000 -> tokens."""
-    text = str(raw).strip().lower().replace(",", "").replace("_", "")
+    text = _scalar_text(raw, "a token count").strip().lower().replace(",", "").replace("_", "")
     scale = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000}.get(text[-1:], 1)
     if scale != 1:
         text = text[:-1]
-    try:
-        value = Decimal(text) * scale
-    except InvalidOperation as exc:
-        raise BudgetError(f"not a token count: {raw!r}") from exc
-    if value != value.to_integral_value() or value <= 0:
-        raise BudgetError(f"token count must be a positive integer: {raw!r}")
-    return int(value)
+    value = _decimal(text, raw, "a token count") * scale
+    return _bounded(value, raw, "token count")
 
 
 def parse_duration_s(raw: Any) -> int:
     """'90m', '6h', '1d' -> seconds."""
-    match = _DURATION.match(str(raw).strip().lower())
-    if not match:
-        raise BudgetError(f"not a duration like 30m, 6h or 1d: {raw!r}")
+    match = _DURATION.match(_scalar_text(raw, "a duration").strip().lower())
+    if not match or len(match.group(1)) > 12:
+        raise BudgetError(f"not a duration like 30m, 6h or 1d: {_show(raw)}")
     number, unit = int(match.group(1)), match.group(2)
     return number * {"m": 60, "min": 60, "h": 3600, "d": 86400}[unit]
 
@@ -263,9 +306,17 @@ def budget_from_spec(spec: Mapping[str, Any], now_ms: int = 0) -> Budget:
         "mode",
         "forecast",
     }
-    unknown = sorted(set(spec) - known)
-    problems: list[str] = [f"unknown key {k!r}" for k in unknown]
+    unknown = sorted((k for k in spec if k not in known), key=str)
+    problems: list[str] = [f"unknown key {_show(k)}" for k in unknown]
     budget_id = spec.get("id", spec.get("budget_id"))
+    if not isinstance(budget_id, _SCALARS):
+        problems.append(f"id must be a single value, not {_show(budget_id)}")
+        budget_id = None
+    for name in ("description", "period", "timezone", "mode"):
+        if not isinstance(spec.get(name), _SCALARS):
+            problems.append(f"{name} must be a single value, not {_show(spec[name])}")
+    if problems:
+        raise BudgetError(f"budget {_show(budget_id)}: " + "; ".join(problems))
     values: dict[str, Any] = {
         "budget_id": budget_id,
         "description": spec.get("description"),
@@ -286,13 +337,19 @@ def budget_from_spec(spec: Mapping[str, Any], now_ms: int = 0) -> Budget:
             if not isinstance(value, Mapping):
                 problems.append("scope.labels must be a mapping")
                 continue
-            labels.update({str(k): str(v) for k, v in value.items()})
-        elif key.startswith("label."):
+            for name, wanted in value.items():
+                if isinstance(name, _SCALARS) and isinstance(wanted, _SCALARS):
+                    labels[str(name)] = str(wanted)
+                else:
+                    problems.append(f"scope.labels.{_show(name)} must be a single value")
+        elif not isinstance(value, _SCALARS):
+            problems.append(f"scope.{_show(key)} must be a single value, not {_show(value)}")
+        elif isinstance(key, str) and key.startswith("label.") and len(key) > len("label."):
             labels[key[len("label.") :]] = str(value)
-        elif key in SCOPE_ALIASES or key in SCOPE_FIELDS:
+        elif isinstance(key, str) and (key in SCOPE_ALIASES or key in SCOPE_FIELDS):
             values[SCOPE_ALIASES.get(key) or key] = str(value)
         else:
-            problems.append(f"unknown scope field {key!r}")
+            problems.append(f"unknown scope field {_show(key)}")
     values["labels"] = labels
     try:
         if "limit_usd" in spec and "limit_tokens" in spec:
@@ -328,6 +385,8 @@ def parse_budgets_yaml(text: str, now_ms: int = 0) -> list[Budget]:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise BudgetError(f"budgets file is not valid YAML: {exc}") from exc
+    except RecursionError as exc:  # PyYAML composes nested collections recursively
+        raise BudgetError("budgets file is not valid YAML: nested too deeply") from exc
     entries = doc.get("budgets") if isinstance(doc, Mapping) else doc
     if not isinstance(entries, list):
         raise BudgetError("budgets file must contain a list under 'budgets:'")

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from streams.errors import SpendstreamError
 
 UTC = dt.UTC
-_LAST = re.compile(r"^(?:last[:_-]?)?(\d+)([dh])$")
+_LAST = re.compile(r"^(?:last[:_-]?)?(\d{1,12})([dh])$", re.ASCII)
 NAMED = ("today", "week", "month")
 
 
@@ -53,7 +53,7 @@ def ceil_utc(value: dt.datetime, step: dt.timedelta) -> dt.datetime:
 def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # "America" is a directory
         raise RangeError(f"unknown time zone {name!r}") from exc
 
 
@@ -80,7 +80,26 @@ def resolve(
     end: str | None = None,
     now: dt.datetime | None = None,
 ) -> TimeRange:
-    """``today`` | ``week`` | ``month`` | ``7d`` / ``last:7d`` / ``24h``, or ``start``/``end``."""
+    """``today`` | ``week`` | ``month`` | ``7d`` / ``last:7d`` / ``24h``, or ``start``/``end``.
+
+    Every range that cannot be understood or that falls outside the calendar (``99999999d``,
+    a bound in year 1 east of UTC) raises RangeError, never a bare OverflowError.
+    """
+    try:
+        return _resolve(spec, timezone, start, end, now)
+    except OverflowError as exc:
+        raise RangeError(f"range outside the calendar (years 1-9999): {exc}") from exc
+
+
+def _resolve(
+    spec: str | None,
+    timezone: str,
+    start: str | None,
+    end: str | None,
+    now: dt.datetime | None,
+) -> TimeRange:
+    if not isinstance(timezone, str):
+        raise RangeError(f"unknown time zone {timezone!r}")
     tz = zone(timezone)
     now = (now or dt.datetime.now(UTC)).astimezone(UTC)
     if start is not None or end is not None:
