@@ -19,6 +19,7 @@ from confluent_kafka import Producer
 from rich.console import Console
 from rich.table import Table
 
+from loadtest.machine import Machine, kafka_rate
 from streams.generate import generate_events
 from streams.local import stack
 from streams.sdk import TokenEventProducer
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--partitions", type=int, default=6)
     args = parser.parse_args()
+    machine = Machine()
     settings = Settings.from_env()
     stack.up(settings, clickhouse=False)
     sample = list(generate_events(args.events, seed=5))
@@ -57,7 +59,7 @@ def main() -> None:
             "queue.buffering.max.kbytes": 2_097_152,
         }
     )
-    name = topic()
+    name = raw_topic = topic()
     start = time.perf_counter()
     for i, (value, key) in enumerate(encoded):
         raw.produce(name, value, key)
@@ -88,16 +90,31 @@ def main() -> None:
         rows.append((label, enqueued, acked))
 
     n = len(sample)
+    # calibration: the plain consume + decode loop over the raw topic just written
+    machine.calibrated(kafka_rate(settings, raw_topic, n), "kafka")
+    machine.finish()
     base = n / rows[0][1]
     table = Table(title=f"producer, {n:,} events (~{len(encoded[0][0])} B), one process")
-    for col in ("path", "enqueue/s (client, 1 core)", "vs raw", "acked/s (acks=all)"):
+    columns = ("path", "enqueue/s (client, 1 core)", "vs raw", "acked/s (acks=all)", "acked/calib.")
+    for col in columns:
         table.add_column(col, justify="right")
     result = {}
     for label, enq, ack in rows:
-        table.add_row(label, f"{n / enq:,.0f}", f"{n / enq / base:.2f}x", f"{n / ack:,.0f}")
-        result[label] = {"enqueue_per_s": round(n / enq), "acked_per_s": round(n / ack)}
+        table.add_row(
+            label,
+            f"{n / enq:,.0f}",
+            f"{n / enq / base:.2f}x",
+            f"{n / ack:,.0f}",
+            f"{machine.ratio(n / ack)}",
+        )
+        result[label] = {
+            "enqueue_per_s": round(n / enq),
+            "acked_per_s": round(n / ack),
+            "acked_vs_calibration": machine.ratio(n / ack),
+        }
+    print(machine.text())
     Console().print(table)
-    print(json.dumps({"events": n, "results": result}))
+    print(json.dumps({"events": n, "results": result, "machine": machine.as_dict()}))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from loadtest.machine import Machine, decode_rate, sample_values
 from streams.clickhouse import Target, connect
 from streams.local import stack
 from streams.migrate import Migrator
@@ -175,6 +176,7 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    machine = Machine()
     base = Settings.from_env()
     stack.up(base, kafka=False)
     name = args.database or f"bench_queries_{args.events}"
@@ -230,15 +232,25 @@ def main() -> None:
         }
     client.close()
     admin.close()
+    # no broker here: the calibration is the fastavro decode loop alone; a query's time is
+    # also given as the number of events that loop decodes meanwhile (compares across machines)
+    machine.calibrated(decode_rate(sample_values()), "decode")
+    figures["machine"] = machine.finish().as_dict()
+    for stats in figures["queries_ms"].values():
+        stats["median_in_decodes"] = round(stats["median"] / 1000 * (machine.calibration or 0))
     if args.json:
         print(json.dumps(figures))
         return
+    print(machine.text())
     table = Table(title=f"report queries on {figures['events']:,} events ({args.runs} runs)")
     table.add_column("query")
     table.add_column("median ms", justify="right")
     table.add_column("p90 ms", justify="right")
+    table.add_column("median in events decoded", justify="right")
     for label, stats in figures["queries_ms"].items():
-        table.add_row(label, str(stats["median"]), str(stats["p90"]))
+        table.add_row(
+            label, str(stats["median"]), str(stats["p90"]), f"{stats['median_in_decodes']:,}"
+        )
     Console().print(table)
     Console().print(
         f"rollup rows: {figures['rollup_rows']}; load seconds: {figures['load_seconds']}"

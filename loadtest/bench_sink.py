@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.table import Table
 
+from loadtest.machine import Machine
 from streams import events
 from streams.clickhouse import Target, connect
 from streams.generate import Shape, generate_events
@@ -166,6 +167,7 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=None)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
+    machine = Machine()
     base = Settings.from_env()
     stack.up(base)
     suffix = uuid.uuid4().hex[:8]
@@ -189,6 +191,9 @@ def main() -> None:
         client.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}`")
         client.close()
         delete_topics_containing(base, topic)
+    # the raw consume + decode of the same topic is this run's calibration
+    machine.calibrated(args.events / raw_s, "kafka")
+    machine.finish()
     figures = {
         "events": args.events,
         "rows_inserted": rows,
@@ -202,8 +207,9 @@ def main() -> None:
         **timings,
     }
     if args.json:
-        print(json.dumps(figures))
+        print(json.dumps({**figures, "machine": machine.as_dict()}))
         return
+    print(machine.text())
     table = Table(title=f"sink benchmark, {args.events:,} events, {args.partitions} partitions")
     table.add_column("figure")
     table.add_column("value", justify="right")

@@ -22,6 +22,7 @@ import zlib
 from typing import Any
 
 from loadtest.bench_worker import _budgets, budget_specs
+from loadtest.machine import Machine
 from streams.events import now_ms, partition_key
 from streams.generate import Shape, generate_events
 from streams.pricing import default_catalog
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile one stage-1 run")
     args = parser.parse_args()
 
+    machine = Machine()
     parts, shape = prepare(args.events, args.partitions)
     budgets = _budgets(budget_specs(shape))
     n = sum(len(p) for p in parts)
@@ -102,11 +104,15 @@ def main() -> None:
     counted = runs[0][1]
     assert counted == per_record[0][1]
     dec_rate, s1_rate, pr_rate = n / best_dec, n / best_s1, n / best_pr
+    machine.calibrated(dec_rate, "decode")
+    print(machine.finish().text())
     print(
         f"events {n:,} ({counted:,} counted), {args.partitions} partitions, batch {args.batch}\n"
         f"fastavro decode only      : {dec_rate:>10,.0f} events/s\n"
         f"stage 1, record by record : {pr_rate:>10,.0f} events/s\n"
-        f"stage 1, columnar batches : {s1_rate:>10,.0f} events/s  (x{s1_rate / pr_rate:.2f})"
+        f"stage 1, columnar batches : {s1_rate:>10,.0f} events/s  (x{s1_rate / pr_rate:.2f})\n"
+        f"stage 1 / decode (calibration): {machine.ratio(s1_rate)} columnar, "
+        f"{machine.ratio(pr_rate)} record by record"
     )
 
 

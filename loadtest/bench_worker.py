@@ -5,7 +5,10 @@
     python -m loadtest.bench_worker --only-latency --rate 10000 --seconds 30
 
 Runs against the local stack (started if needed) or SPENDSTREAM_KAFKA_BOOTSTRAP. Every phase
-uses fresh topics and consumer groups.
+uses fresh topics and consumer groups. Prints the machine block of loadtest/machine.py (CPU,
+cores, load before/after, the plain consume + decode calibration of the same topic, saturated
+or not) and the worker's rate as a ratio to that calibration. ``BENCH_LOG_LEVEL=INFO`` shows
+the worker's log.
 
 1. Throughput (single-event messages, the realistic case): ``--events`` generated events
    (dense in event time, as at 100k/s) are produced first; then a child process runs the real
@@ -37,6 +40,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
+from loadtest.machine import Machine, kafka_rate
 from streams.events import now_ms, partition_key
 from streams.generate import Shape, generate_events
 from streams.serde import AvroCodec
@@ -59,7 +63,7 @@ def bench_settings(base: Settings, run: str, partitions: int) -> Settings:
         topic_enforcement=f"bench.{run}.enforcement",
         event_partitions=partitions,
         worker_id=f"bench-worker-{run}",
-        log_level="WARNING",
+        log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
     )
 
 
@@ -428,6 +432,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     args = parser.parse_args()
 
+    machine = Machine()
     base = Settings.from_env()
     if base.kafka_is_local:
         from streams.local import stack
@@ -435,7 +440,9 @@ def main() -> None:
         stack.up(base, clickhouse=False)
     if args.only_latency:
         lat = latency(base, args.partitions, args.rate, args.seconds)
-        print(json.dumps({"latency": lat, "load_avg_1m": os.getloadavg()[0]}, indent=2))
+        machine.finish()
+        print(json.dumps({"latency": lat, "machine": machine.as_dict()}, indent=2))
+        print(machine.text())
         return
     run = uuid.uuid4().hex[:8]
     settings = bench_settings(base, run, args.partitions)
@@ -452,6 +459,8 @@ def main() -> None:
     try:
         ensure_topics(settings, worker_topics(settings))
         produce_s = produce(settings, messages)
+        # the calibration: a plain confluent-kafka consume + fastavro decode of the same topic
+        machine.calibrated(kafka_rate(settings, settings.topic_events, args.events), "kafka")
         fast = child(run_fast_worker, settings, specs, args.events, timeout=900)
         baseline = child(run_baseline, settings, args.baseline_events, timeout=900)
     finally:  # the run's topics, whatever happened (they pile up on the broker otherwise)
@@ -471,19 +480,26 @@ def main() -> None:
             "rate_wall": round(baseline["events"] / baseline["wall_s"]),
             "rate_cpu": round(baseline["events"] / max(baseline["cpu_s"], 1e-9)),
         },
-        "load_avg_1m": os.getloadavg()[0],
     }
+    report["vs_calibration"] = machine.ratio(report["fast"]["rate_wall"])
     report["ratio_wall"] = round(report["fast"]["rate_wall"] / report["baseline"]["rate_wall"], 1)
     report["ratio_cpu"] = round(report["fast"]["rate_cpu"] / report["baseline"]["rate_cpu"], 1)
     print(json.dumps(report), file=sys.stderr, flush=True)  # kept if the latency phase fails
     if not args.skip_latency:
         report["latency"] = latency(base, args.partitions, args.rate, args.seconds)
+    report["machine"] = machine.finish().as_dict()
     if args.json:
         print(json.dumps(report))
         return
     print(json.dumps(report, indent=2))
+    print(machine.text())
     print(
-        f"\nworker: {report['fast']['rate_wall']:,} events/s wall "
+        f"\nworker: {report['fast']['rate_wall']:,} events/s wall = "
+        f"x{report['vs_calibration']} the plain consume + decode loop "
+        f"({machine.calibration or 0:,.0f}/s, same topic, same run)"
+    )
+    print(
+        f"worker: {report['fast']['rate_wall']:,} events/s wall "
         f"({report['fast']['rate_cpu']:,}/CPU-s) vs baseline {report['baseline']['rate_wall']:,}"
         f" events/s wall ({report['baseline']['rate_cpu']:,}/CPU-s): "
         f"x{report['ratio_wall']} wall, x{report['ratio_cpu']} CPU; worker peak RSS "
