@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup setup-helm demo test lint bench-producer bench-sink bench-worker bench-queries clean
+.PHONY: setup setup-helm demo test lint fuzz bench-producer bench-sink bench-worker bench-queries clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,6 +36,12 @@ lint: setup setup-helm
 
 test: lint
 	$(PY) -m pytest -q
+
+# the long fuzz run: a million inputs per target (tests/fuzz/run.py; results in
+# tests/faults/README.md). FUZZ_RUNS=20000 for a quick one.
+FUZZ_RUNS ?= 1000000
+fuzz: setup
+	nice -n 19 $(PY) -m tests.fuzz.run --runs $(FUZZ_RUNS)
 
 bench-producer: setup
 	$(PY) -m loadtest.bench_producer

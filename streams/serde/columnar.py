@@ -155,6 +155,8 @@ class _Layout:
             present: np.ndarray | None = None
             if index in self._present_of:
                 present = values[:, self._present_of[index]]
+                if int(position.max()) >= len(raw):  # an earlier row read past its body
+                    return None
                 if not np.array_equal(raw[position], present * 2):
                     return None
                 position += 1
