@@ -59,6 +59,10 @@ if not keep:
 
 _kept_home: list[Path] = []
 
+# A session's services whose data is thrown away need no clean shutdown (a controlled Kafka
+# shutdown took ~20 s of every run's teardown).
+_DISCARD_STOP_S = 3.0
+
 
 class TestStack:
     """The session's services, started on first use and stopped at the end."""
@@ -120,7 +124,7 @@ class TestStack:
         s = self.settings
         if self.clickhouse_started:
             if s.clickhouse_is_local:
-                LocalClickHouse(s).down()
+                LocalClickHouse(s).down(timeout=None if keep_home else _DISCARD_STOP_S)
             else:
                 with contextlib.suppress(Exception):
                     client = connect(s)
@@ -130,7 +134,7 @@ class TestStack:
                     client.close()
         if self.kafka_started:
             if s.kafka_is_local:
-                LocalKafka(s).down()
+                LocalKafka(s).down(timeout=30.0 if keep_home else _DISCARD_STOP_S)
             elif self.topics:
                 with contextlib.suppress(Exception):
                     for future in (

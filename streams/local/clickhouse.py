@@ -293,9 +293,10 @@ class LocalClickHouse:
                     ) from exc
             time.sleep(0.1)
 
-    def down(self) -> bool:
+    def down(self, timeout: float | None = None) -> bool:
         """Stop cleanly (KILL QUERY on the keep-alive), else SIGTERM, then SIGKILL.
 
+        With ``timeout``, SIGTERM at once and SIGKILL after it (data that is thrown away).
         Returns False when it was not running.
         """
         self._require_local()
@@ -304,9 +305,12 @@ class LocalClickHouse:
             if pid is None:
                 self.pid_path.unlink(missing_ok=True)
                 return False
-            self._kill_keepalive()
-            if not wait_dead(pid, self._marker, CLEAN_STOP_TIMEOUT_S):
-                terminate(pid, self._marker, TERM_TIMEOUT_S)
+            if timeout is not None:
+                terminate(pid, self._marker, timeout)
+            else:
+                self._kill_keepalive()
+                if not wait_dead(pid, self._marker, CLEAN_STOP_TIMEOUT_S):
+                    terminate(pid, self._marker, TERM_TIMEOUT_S)
             self.pid_path.unlink(missing_ok=True)
             return True
 

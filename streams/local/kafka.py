@@ -548,8 +548,8 @@ class LocalKafka:
                 pass
             time.sleep(0.1)
 
-    def down(self) -> bool:
-        """Stop the broker (SIGTERM: controlled shutdown; SIGKILL after a timeout).
+    def down(self, timeout: float = STOP_TIMEOUT_S) -> bool:
+        """Stop the broker (SIGTERM: controlled shutdown; SIGKILL after ``timeout`` seconds).
 
         Returns False when it was not running.
         """
@@ -559,7 +559,7 @@ class LocalKafka:
             if pid is None:
                 self.pid_path.unlink(missing_ok=True)
                 return False
-            terminate(pid, str(self.config_path), STOP_TIMEOUT_S)
+            terminate(pid, str(self.config_path), timeout)
             self.pid_path.unlink(missing_ok=True)
             return True
 
