@@ -45,7 +45,7 @@ import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from streams import events as ev_mod
 from streams.budgets import Budget, BudgetMatcher
-from streams.errors import DecodeError
+from streams.errors import DecodeError, InvalidEventError
 from streams.pricing import PriceCatalog, PriceEntry
 from streams.processors.alerts import (
     DAY_MS,
@@ -246,9 +246,12 @@ class Budgets(Protocol):
 
 
 def id_bytes(event_id: str) -> bytes:
-    """The 16 bytes of a UUID in any spelling uuid.UUID accepts, as numpy's S16 hands them back
-    (trailing zero bytes dropped: still one value per id)."""
-    return uuid.UUID(event_id).bytes.rstrip(b"\x00")
+    """The 16 bytes of an event id in a spelling ``events.canonical_event_id`` accepts, as
+    numpy's S16 hands them back (trailing zero bytes dropped: still one value per id)."""
+    canonical = ev_mod.canonical_event_id(event_id)
+    if canonical is None:
+        raise InvalidEventError(f"event_id {event_id[:80]!r} is not a UUID ClickHouse reads")
+    return uuid.UUID(canonical).bytes.rstrip(b"\x00")
 
 
 class PartitionAggregator:
@@ -1079,14 +1082,21 @@ class _Raw:
     timestamp: int | None = None
 
 
+#: events.EVENT_ID_PATTERN anchored, for polars' (Rust) regex engine
+_EVENT_ID_REGEX: Final = f"^(?:{ev_mod.EVENT_ID_PATTERN})$"
+
+
 def _id_array(ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Event ids (text) as 16-byte values (numpy S16) and whether each one is a UUID: hex
-    digits with dashes anywhere (what uuid.UUID accepts, braces and urn: aside)."""
+    """Event ids (text) as 16-byte values (numpy S16) and whether each one is an id
+    ``events.canonical_event_id`` accepts (8-4-4-4-12 or 32 hex digits, nothing else)."""
+    spelled = ids.str.contains(_EVENT_ID_REGEX).fill_null(False).to_arrow()
     binary = ids.str.replace_all("-", "", literal=True).str.decode("hex", strict=False)
     arrow = binary.to_arrow()
     if isinstance(arrow, pa.ChunkedArray):
         arrow = arrow.combine_chunks()
-    valid_arrow = pc.fill_null(pc.equal(pc.binary_length(arrow), 16), False)
+    if isinstance(spelled, pa.ChunkedArray):
+        spelled = spelled.combine_chunks()
+    valid_arrow = pc.and_(pc.fill_null(pc.equal(pc.binary_length(arrow), 16), False), spelled)
     valid = valid_arrow.to_numpy(zero_copy_only=False)
     if not valid.all():
         arrow = pc.if_else(valid_arrow, arrow, pa.scalar(b"\x00" * 16, arrow.type))

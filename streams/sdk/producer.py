@@ -85,6 +85,8 @@ def build_event(event: Mapping[str, Any] | None = None, /, **fields: Any) -> eve
         out["event_id"] = str(uuid.uuid4())
     elif isinstance(given["event_id"], uuid.UUID):
         out["event_id"] = str(given["event_id"])
+    else:  # sent as stored: lowercase 8-4-4-4-12 (validate() refuses other spellings)
+        out["event_id"] = events.canonical_event_id(given["event_id"]) or given["event_id"]
     when = given.get("event_time")
     if when is None:
         out["event_time"] = events.now_ms()

@@ -3,7 +3,8 @@
 Each function here is the column-at-a-time twin of a per-event one (``events.surely_valid``,
 ``PriceCatalog.price``, ``rows.Buffer.add``); unit tests pin each pair equal on generated and
 hand-made events. Money stays integral: costs are computed in 128-bit integers and refused
-(the batch falls back to the per-event path) if one does not fit the UInt64 column.
+(the batch falls back to the per-event path) if one is above ``events.MAX_COST_NANOS``, the
+bound the worker applies too.
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ _VISIBLE: Final = r"[!-~]"
 _RATE_COLUMNS: Final = ("r_in", "r_cr", "r_cw5", "r_cw1", "r_out", "r_reas")
 
 
-def surely_valid(max_time_ms: int) -> pl.Expr:
-    """``events.surely_valid`` for a whole decoded frame: True only where problems() is empty."""
+def surely_valid(max_time_ms: int | pl.Expr) -> pl.Expr:
+    """``events.surely_valid`` for a whole decoded frame: True only where problems() is empty.
+
+    ``max_time_ms`` is the latest event_time accepted: one bound, or one per row (the sink
+    passes each record's broker timestamp plus ``events.MAX_FUTURE_MS``).
+    """
     col = pl.col
-    tokens = [col(name) >= 0 for name in events.TOKEN_FIELDS]
+    tokens = [col(name).is_between(0, events.MAX_TOKENS) for name in events.TOKEN_FIELDS]
     required = [col(name).str.contains(_VISIBLE) for name in events.REQUIRED_IDS]
     optional = [
         col(name).is_null() | col(name).str.contains(_VISIBLE) for name in events.OPTIONAL_IDS
@@ -45,7 +50,7 @@ def surely_valid(max_time_ms: int) -> pl.Expr:
         *optional,
         *tokens,
         col("reasoning_tokens") <= col("output_tokens"),
-        col("cost_nanos").is_null() | (col("cost_nanos") >= 0),
+        col("cost_nanos").is_null() | col("cost_nanos").is_between(0, events.MAX_COST_NANOS),
         col("turn").is_null() | (col("turn") >= 1),
     ).fill_null(False)
 
@@ -113,7 +118,8 @@ class FramePricer:
 
     def price(self, frame: pl.DataFrame) -> pl.DataFrame | None:
         """``frame`` plus cost_nanos (UInt64), cost_source and price_version; None when a cost
-        does not fit (the caller prices those rows one by one and reports the overflow)."""
+        is above ``events.MAX_COST_NANOS`` (the caller prices those rows one by one and
+        dead-letters them, as the worker does)."""
         col = pl.col
         unpriced = frame.filter(col("cost_nanos").is_null())
         if unpriced.height == 0:
@@ -194,7 +200,7 @@ class FramePricer:
             .select("__cost", "cost_source", "__version", "provider", "model")
             .collect(engine="in-memory")  # measured ~1.5x faster than streaming at this size
         )
-        if priced["__cost"].max() >= 1 << 64:  # type: ignore[operator]
+        if priced["__cost"].max() > events.MAX_COST_NANOS:  # type: ignore[operator]
             return None
         missing = priced.filter(col("cost_source") == SOURCE_UNPRICED)
         for provider, model in missing.select("provider", "model").rows():

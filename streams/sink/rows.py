@@ -11,7 +11,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -19,16 +18,19 @@ import numpy as np
 import polars as pl
 import pyarrow as pa  # type: ignore[import-untyped]
 
+from streams import events
+from streams.errors import SinkError
 from streams.events import TOKEN_FIELDS, Event
 from streams.pricing import Price
 from streams.sink.columns import ARROW_SCHEMA, MS_PER_HOUR, STRING_COLUMNS, to_arrow
 
 
 def canonical_event_id(raw: str) -> str:
-    """The lowercase 36-character form ClickHouse returns, so that lookups compare equal."""
-    if len(raw) == 36:
-        return raw.lower()
-    return str(uuid.UUID(raw))
+    """``events.canonical_event_id`` of an id validation accepted (so lookups compare equal)."""
+    found = events.canonical_event_id(raw)
+    if found is None:  # validation refuses these before rows are built
+        raise SinkError(f"event_id {raw[:80]!r} is not a UUID ClickHouse reads")
+    return found
 
 
 #: token_events columns the sink computes (in Buffer.add's order), and those taken from the

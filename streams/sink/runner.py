@@ -20,7 +20,16 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+import polars as pl
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from streams import events
 from streams.deadletter import DeadLetter
@@ -44,8 +53,6 @@ MAX_BACKOFF_SECONDS = 5.0
 #: blocks being written at once: the next block's lookup and Arrow conversion overlap the
 #: insert before it (memory: this many blocks plus the one filling)
 MAX_IN_FLIGHT = 2
-#: token_events.cost_nanos is a UInt64
-MAX_COST_NANOS = 1 << 64
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
@@ -175,13 +182,17 @@ class Sink:
 
     def _handle_batch(self, messages: list[Message], now_ms: int) -> None:
         """Messages in the current schema decode as one block of columns (serde/columnar.py);
-        the rest, and every message of a block that does not decode exactly, one by one."""
+        the rest, and every message of a block that does not decode exactly, one by one.
+
+        The future bound is judged against each record's broker timestamp (``now_ms`` only
+        when a record has none), as the worker does: a replayed backlog keeps its verdicts."""
         header = self.columnar.message_header
         size = len(header)
         bodies: list[bytes] = []
         batch: list[Message] = []
         partitions: list[int] = []
         offsets: list[int] = []
+        stamps: list[int] = []
         for message in messages:
             value = message.value()
             if value is not None and value[:size] == header and message.error() is None:
@@ -189,21 +200,23 @@ class Sink:
                 batch.append(message)
                 partitions.append(message.partition())  # type: ignore[arg-type]
                 offsets.append(message.offset())  # type: ignore[arg-type]
+                stamps.append(broker_time_ms(message, now_ms))
             else:
-                self._handle(message, now_ms)
+                self._handle(message, broker_time_ms(message, now_ms))
         if not batch:
             return
         frame = self.columnar.decode(bodies)
         if frame is None:
-            for message in batch:
-                self._handle(message, now_ms)
+            for message, stamp in zip(batch, stamps, strict=True):
+                self._handle(message, stamp)
             return
         self.buffer.note_many(partitions, offsets)
-        valid = frame.select(frames.surely_valid(now_ms + events.MAX_FUTURE_MS)).to_series()
+        limits = pl.lit(pl.Series("limit", stamps, dtype=pl.Int64) + events.MAX_FUTURE_MS)
+        valid = frame.select(frames.surely_valid(limits)).to_series()
         if not valid.all():
             unsure = valid.not_().arg_true().to_list()
             for index, event in zip(unsure, frames.as_events(frame[unsure]), strict=True):
-                self._check_and_add(batch[index], event, now_ms, noted=True)
+                self._check_and_add(batch[index], event, stamps[index], noted=True)
             keep = valid.arg_true().to_list()
             frame = frame[keep]
             partitions = [partitions[i] for i in keep]
@@ -219,7 +232,7 @@ class Sink:
             self.metrics.unpriced.inc(unpriced)
         self.buffer.add_frame(frames.insert_frame(priced, partitions, offsets))
 
-    def _handle(self, message: Message, now_ms: int) -> None:
+    def _handle(self, message: Message, broker_ms: int) -> None:
         error = message.error()
         if error is not None:
             if error.code() != KafkaError._PARTITION_EOF:
@@ -232,13 +245,14 @@ class Sink:
         except DecodeError as exc:
             self._dead_letter(message, "decode", exc.reason)
             return
-        self._check_and_add(message, event, now_ms)
+        self._check_and_add(message, event, broker_ms)
 
     def _check_and_add(
-        self, message: Message, event: events.Event, now_ms: int, *, noted: bool = False
+        self, message: Message, event: events.Event, broker_ms: int, *, noted: bool = False
     ) -> None:
-        if not events.surely_valid(event, now_ms + events.MAX_FUTURE_MS):
-            found = events.problems(event, now_ms)
+        """Validate ``event`` against the clock of its record (``broker_ms``), then add it."""
+        if not events.surely_valid(event, broker_ms + events.MAX_FUTURE_MS):
+            found = events.problems(event, broker_ms)
             if found:
                 self._dead_letter(message, "invalid", "; ".join(found), noted=noted)
                 return
@@ -246,8 +260,11 @@ class Sink:
 
     def _add_event(self, event: events.Event, message: Message, *, noted: bool = False) -> None:
         price = self.catalog.price(event)
-        if price.cost_nanos >= MAX_COST_NANOS:
-            reason = f"cost {price.cost_nanos} nano-USD does not fit token_events.cost_nanos"
+        if price.cost_nanos > events.MAX_COST_NANOS:  # the worker's bound (stage 1)
+            reason = (
+                f"priced cost {price.cost_nanos} nano-USD is above the bound of "
+                f"{events.MAX_COST_NANOS:,} ($10,000) per request"
+            )
             self._dead_letter(message, "invalid", reason, noted=noted)
             return
         if price.source == SOURCE_UNPRICED:
@@ -440,6 +457,12 @@ class Sink:
                     self.metrics.lag.labels(str(tp.partition)).set(max(0, high - tp.offset))
         except KafkaException as exc:
             log.debug("lag not available: %s", exc)
+
+
+def broker_time_ms(message: Message, default: int) -> int:
+    """The record's broker timestamp (the events topic uses LogAppendTime), else ``default``."""
+    kind, stamp = message.timestamp()
+    return stamp if kind != TIMESTAMP_NOT_AVAILABLE and stamp > 0 else default
 
 
 def _position(message: Message) -> tuple[int, int]:

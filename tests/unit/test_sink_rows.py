@@ -62,7 +62,7 @@ def test_keys_are_hour_and_canonical_id() -> None:
     ((hour, event_id),) = block.keys()
     assert event_id == event["event_id"]
     assert hour == event["event_time"] // 3_600_000 * 3600
-    assert canonical_event_id("{" + event["event_id"].replace("-", "") + "}") == event["event_id"]
+    assert canonical_event_id(event["event_id"].replace("-", "").upper()) == event["event_id"]
 
 
 def test_arrow_table_matches_the_insert_schema() -> None:
