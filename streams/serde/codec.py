@@ -39,6 +39,11 @@ class AvroCodec:
         for schema_id, number in (confluent_ids or {}).items():
             self.register_confluent_id(schema_id, number)
         self._header = SINGLE_OBJECT_MAGIC + self.current.fingerprint
+        #: top-level fields of Avro type int (nullable or not): fastavro reads an int as a
+        #: long without a range check, so a corrupt varint gives 2**63 - 1 in a 32-bit field
+        self._ints = tuple(
+            field["name"] for field in self.current.raw["fields"] if _is_int(field["type"])
+        )
 
     def register_confluent_id(self, schema_id: int, version: int) -> None:
         """Map a Schema Registry id to one of our released versions."""
@@ -97,4 +102,19 @@ class AvroCodec:
             raise DecodeError(f"corrupt {self.name}: {len(data) - buffer.tell()} trailing bytes")
         if not isinstance(record, dict):
             raise DecodeError(f"corrupt {self.name}: not a record")
+        for name in self._ints:
+            value = record.get(name)
+            if value is not None and not _INT_MIN <= value <= _INT_MAX:
+                raise DecodeError(f"corrupt {self.name}: {name} {value} is not a 32-bit int")
         return record
+
+
+_INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def _is_int(kind: Any) -> bool:
+    if isinstance(kind, list):
+        return any(_is_int(k) for k in kind)
+    if isinstance(kind, dict):
+        return kind.get("type") == "int" and "logicalType" not in kind
+    return kind == "int"

@@ -587,6 +587,33 @@ def test_a_batch_whose_rows_run_past_the_bodies_is_refused_not_raised() -> None:
     check_columnar(bodies)
 
 
+def test_an_int_field_beyond_32_bits_is_a_decode_error() -> None:
+    """was: fastavro reads the Avro int ``turn`` as a long with no range check, so a corrupt
+    10-byte varint decoded to turn = 2**63 - 1; the sink then failed casting it to the UInt32
+    column. Found by the long run (single_object and confluent targets)."""
+    event = dict(CODEC.decode(CODEC.encode(_valid_event())), turn=7)
+    encoded = CODEC.encode(event)
+    without = CODEC.encode({**event, "turn": None})
+    # where turn's union branch is: the first byte where turn=None and turn=7 differ
+    at = next(i for i, (a, b) in enumerate(zip(encoded, without, strict=False)) if a != b)
+    assert encoded[at : at + 2] == b"\x02\x0e"  # branch 1 (int), then zig-zag 7
+    for varint in (b"\xfe\xff\xff\xff\xff\xff\xff\xff\xff\x01", b"\x80\x80\x80\x80\x10"):
+        corrupt = encoded[: at + 1] + varint + encoded[at + 2 :]
+        with pytest.raises(DecodeError, match=r"turn \d+ is not a 32-bit int"):
+            CODEC.decode(corrupt)
+        with pytest.raises(DecodeError, match="turn"):
+            CODEC.decode(b"\x00" + CONFLUENT_ID.to_bytes(4, "big") + corrupt[len(HEADER) :])
+    assert CODEC.decode(encoded)["turn"] == 7
+    top = encoded[: at + 1] + b"\xfe\xff\xff\xff\x0f" + encoded[at + 2 :]  # 2**31 - 1
+    assert CODEC.decode(top)["turn"] == INT32
+
+
+def _valid_event() -> dict[str, Any]:
+    from streams.generate import generate_events
+
+    return dict(next(iter(generate_events(1, seed=5))), turn=7, session_id="s-1")
+
+
 def _refused(text: str) -> str:
     try:
         parse_budgets_yaml(text)
