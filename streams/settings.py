@@ -243,6 +243,13 @@ class Settings:
         "worker: ids of events this recent are kept in memory (16 bytes each); older "
         "events are checked against ClickHouse",
     )
+    worker_session_idle_s: int = _field(
+        "WORKER_SESSION_IDLE_S",
+        _positive_int,
+        7200,
+        "worker: a session's runaway-detection state is dropped after this long without an "
+        "event (partition clock)",
+    )
     worker_fetch_mib: int = _field(
         "WORKER_FETCH_MIB", _positive_int, 8, "worker: most MiB one fetch takes per partition"
     )

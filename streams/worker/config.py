@@ -60,6 +60,7 @@ class WorkerConfig:
             allowed_lateness_ms=settings.allowed_lateness_s * 1000,
             dedup_memory_ms=settings.worker_dedup_memory_s * 1000,
             hold_ms=settings.dedup_horizon_hours * 3_600_000,
+            session_idle_ms=settings.worker_session_idle_s * 1000,
         )
         stage2 = Stage2Config(
             partitions=settings.event_partitions,
