@@ -1,5 +1,7 @@
 """The load-test harness behind ``spendstream loadtest`` and ``spendstream demo``: traffic,
 scenarios, the run, its charts, and the live display (``streams.loadtest.display``); and the
 reference model of budget truth (``streams.loadtest.reference``) its checker and the property
-tests compare the worker with.
+tests compare the worker with. The fault runs' ground-truth checker is
+``streams.loadtest.checker`` (a ledger of acked events, ``check``), their processes
+``streams.loadtest.procs`` and their load ``streams.loadtest.load``.
 """
