@@ -15,8 +15,8 @@ everything drained, ``check`` compares the real ClickHouse and the real topics w
   limit;
 * every alert the ledger implies is on the alerts topic once (``missing``, ``duplicate``)
   and no other of a modelled kind is (``extra``). Expected alerts come from an
-  ``expected_alerts`` function (the reference model of streams/loadtest/reference.py when it
-  is given; by default ``simple_expected_alerts``: threshold alerts of calendar budgets).
+  ``expected_alerts`` function: by default ``reference_expected_alerts``, the reference
+  model of streams/loadtest/reference.py over the acked messages in broker order.
   Alerts of kinds the model does not cover are counted in ``unmodelled``, not failed.
 
 ``CheckResult.ok`` is True only when every count is zero and every comparison holds.
@@ -39,6 +39,7 @@ from confluent_kafka import Consumer, TopicPartition
 from streams import events
 from streams.budgets import Budget
 from streams.clickhouse import connect, quote_identifier
+from streams.loadtest import reference
 from streams.pricing import PriceCatalog, default_catalog
 from streams.processors.alerts import threshold_alert_id
 from streams.processors.detectors import crossed
@@ -81,12 +82,17 @@ class Ledger:
     budgets: list[Budget] = dataclasses.field(default_factory=list)
     #: acknowledged messages, re-sends of one id included
     acked_messages: int = 0
+    #: where each acked message landed, when the producer said: (partition, offset, broker
+    #: append time, event_id), for the reference model's arrivals
+    positions: list[tuple[int, int, int, str]] = dataclasses.field(default_factory=list)
 
-    def add_acked(self, event: events.Event) -> None:
+    def add_acked(self, event: events.Event, position: tuple[int, int, int] | None = None) -> None:
         self.acked_messages += 1
         eid = str(event["event_id"])
         self.acked.setdefault(eid, event)
         self.unacked.discard(eid)
+        if position is not None:
+            self.positions.append((*position, eid))
 
     def add_failed(self, event_id: str) -> None:
         if event_id not in self.acked:
@@ -104,7 +110,8 @@ class Ledger:
                         break  # a writer killed mid-line: that event was not recorded
                     entry = json.loads(line)
                     if "e" in entry:
-                        ledger.add_acked(entry["e"])
+                        where = entry.get("at")
+                        ledger.add_acked(entry["e"], tuple(where) if where else None)
                     else:
                         failed.append(entry["f"])
         for eid in failed:
@@ -121,8 +128,14 @@ class LedgerWriter:
         self.path = path
         self._fh: IO[str] = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
 
-    def acked(self, event: Mapping[str, Any]) -> None:
-        self._fh.write(json.dumps({"e": dict(event)}, separators=(",", ":")) + "\n")
+    def acked(
+        self, event: Mapping[str, Any], partition: int = -1, offset: int = -1, ts: int = -1
+    ) -> None:
+        """``partition``, ``offset``, ``ts``: where the broker put it (its append time)."""
+        entry: dict[str, Any] = {"e": dict(event)}
+        if partition >= 0 and offset >= 0:
+            entry["at"] = [partition, offset, ts]
+        self._fh.write(json.dumps(entry, separators=(",", ":")) + "\n")
 
     def failed(self, event_id: str) -> None:
         self._fh.write(json.dumps({"f": event_id}) + "\n")
@@ -175,6 +188,25 @@ def simple_expected_alerts(ledger: Ledger) -> dict[str, str]:
 
 
 simple_expected_alerts.kinds = frozenset({"threshold_crossed"})  # type: ignore[attr-defined]
+
+
+def reference_expected_alerts(ledger: Ledger) -> dict[str, str]:
+    """The threshold alerts of streams.loadtest.reference (docs/budget-truth.md) for the
+    ledger's acked messages in broker order, the budgets set before the first; without the
+    messages' positions, ``simple_expected_alerts``."""
+    if len(ledger.positions) != ledger.acked_messages or not ledger.positions:
+        return simple_expected_alerts(ledger)
+    steps: list[reference.Step] = [reference.SetBudget(b) for b in ledger.budgets]
+    for partition, offset, ts, eid in sorted(ledger.positions, key=lambda p: (p[2], p[0], p[1])):
+        steps.append(reference.Arrival(partition, offset, ts, ledger.acked[eid]))
+    result = reference.evaluate(steps)
+    return {
+        threshold_alert_id(budget_id, version, start, pct): "threshold_crossed"
+        for budget_id, version, start, pct in result.alerts
+    }
+
+
+reference_expected_alerts.kinds = frozenset({"threshold_crossed"})  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------- the result
@@ -305,7 +337,7 @@ def check(
     """Compare ClickHouse (``settings.clickhouse_database``, which only this run wrote) and
     the alerts and enforcement topics of ``settings`` with the ledger.
 
-    ``expected_alerts``: the model of the alerts (default ``simple_expected_alerts``);
+    ``expected_alerts``: the model of the alerts (default ``reference_expected_alerts``);
     ``modelled_kinds``: the kinds it covers (default: its ``kinds`` attribute, else every
     kind it returned). ``alerts=False`` skips the topics (a sink-only run).
     """
@@ -391,7 +423,7 @@ def check(
     extra: list[str] = []
     unmodelled: Counter[str] = Counter()
     if alerts:
-        model = expected_alerts or simple_expected_alerts
+        model = expected_alerts or reference_expected_alerts
         expected = model(ledger)
         kinds = set(
             modelled_kinds

@@ -27,6 +27,7 @@ from confluent_kafka import KafkaError, Message
 from streams import events
 from streams.budgets import Budget, budget_from_spec
 from streams.loadtest.checker import LedgerWriter
+from streams.pricing import default_catalog
 from streams.sdk import TokenEventProducer
 from streams.settings import Settings
 
@@ -90,8 +91,6 @@ def plan_budgets(planned: list[events.Event], prefix: str = "f") -> list[Budget]
     for e in unique:
         t = sum(e[f] for f in events.TOKEN_FIELDS) - e["reasoning_tokens"]
         tokens[e["team_id"]] = tokens.get(e["team_id"], 0) + t
-    from streams.pricing import default_catalog
-
     catalog = default_catalog()
     cost: dict[str, int] = {}
     for e in unique:
@@ -135,7 +134,8 @@ class LedgerProducer(TokenEventProducer):
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         event = self._codec.decode(msg.value() or b"")
         if err is None:
-            self.ledger.acked(event)
+            _, ts = msg.timestamp()
+            self.ledger.acked(event, msg.partition() or 0, msg.offset() or 0, ts)
         else:
             self.ledger.failed(str(event["event_id"]))
         super()._on_delivery(err, msg)
