@@ -21,7 +21,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from streams.budgets import Budget, publish
+from streams import budgets as budgets_room  # its publish() shares a module's name
+from streams.budgets import Budget
 from streams.clickhouse import Target, connect, quote_identifier
 from streams.migrate import Migrator
 from streams.settings import Settings
@@ -60,7 +61,7 @@ def prepare(settings: Settings, budgets: Iterable[Budget] = ()) -> None:
     ensure_topics(settings, worker_topics(settings))
     found = {b.budget_id: b for b in budgets}
     if found:
-        publish(settings, found)
+        budgets_room.publish(settings, found)
 
 
 def drop(settings: Settings) -> None:
