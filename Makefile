@@ -34,8 +34,9 @@ lint: setup setup-helm
 	ruff format --check .
 	mypy
 
+# two test processes (tests of one file stay together), each starting its own services
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # the long fuzz run: a million inputs per target (tests/fuzz/run.py; results in
 # tests/faults/README.md). FUZZ_RUNS=20000 for a quick one.
