@@ -142,11 +142,12 @@ class Budget:
 
     @functools.cached_property
     def definition_version(self) -> str:
-        """Digest of the whole definition but its timestamps: part of every threshold alert
-        id, so a changed limit or threshold list is evaluated afresh."""
+        """Digest of the whole definition but its timestamps and its description: part of
+        every threshold alert id, so a changed limit or threshold list is evaluated afresh
+        (and a re-worded description is not: it decides nothing)."""
         record = self.to_record()
-        record.pop("created_at")
-        record.pop("updated_at")
+        for name in ("created_at", "updated_at", "description"):
+            record.pop(name)
         return _digest(record)
 
     def same_definition(self, other: Budget) -> bool:

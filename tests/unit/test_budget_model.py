@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from streams.budgets import (
@@ -132,3 +134,20 @@ def test_apply_keeps_created_at_and_skips_unchanged() -> None:
     assert plan["n"] is not None
     assert plan["n"].created_at == 999
     assert plan_apply([old], [new], prune=True, now=1)["a"] is None
+
+
+def test_definition_version_is_what_decides_alerts_not_the_description() -> None:
+    """A re-described budget is the same definition: its alerts must not fire again (the
+    property test of tests/unit/test_budget_truth.py found them re-fired with new ids)."""
+    budget = budget_from_spec({"id": "b", "scope": {"org": "acme"}, "limit_usd": 1}, 5)
+    described = dataclasses.replace(budget, description="finance's cap", updated_at=9)
+    assert described.definition_version == budget.definition_version
+    assert described.total_version == budget.total_version
+    assert not described.same_definition(budget)  # still a change that `apply` publishes
+    for changed in (
+        dataclasses.replace(budget, limit=2 * budget.limit),
+        dataclasses.replace(budget, thresholds_pct=(90,)),
+        dataclasses.replace(budget, mode="block"),
+        dataclasses.replace(budget, unit="tokens"),
+    ):
+        assert changed.definition_version != budget.definition_version
