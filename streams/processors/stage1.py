@@ -179,6 +179,9 @@ class Stage1Output:
     #: the partition clock after this call, and the sequence number of what it emitted
     clock: int = 0
     seq: int = 0
+    #: the partition's hold clock (``PartitionAggregator.hold_clock``): periods that ended
+    #: more than the hold before it can no longer change
+    hold_clock: int = 0
     counted: int = 0
     duplicates: int = 0
     skipped: int = 0
@@ -344,7 +347,7 @@ class PartitionAggregator:
             records = records[skip:]
         now = self.now_ms()
         if not records:
-            out.clock, out.seq = self.clock, self.seq
+            out.clock, out.seq, out.hold_clock = self.clock, self.seq, self.hold_clock
             return out
         stamps = [getattr(r, "timestamp", None) or now for r in records]
         self._sync_budgets(records[0].offset, stamps[0], out)
@@ -650,10 +653,8 @@ class PartitionAggregator:
             if version is None:
                 continue
             period = self._period_cache(budget).of(t)
-            if period.end + cfg.hold_ms <= ts or (
-                period.end + cfg.hold_ms + cfg.hold_margin_ms <= self.clock
-            ):
-                continue  # no longer held
+            if period.end + cfg.hold_ms <= ts:
+                continue  # no longer held when it arrived (its accumulator was kept for it)
             pkey = (budget.budget_id, budget.total_version, period.start)
             acc = self.partials.get(pkey)
             if acc is None:
@@ -733,6 +734,7 @@ class PartitionAggregator:
         self.seq += 1
         out.seq = self.seq
         out.clock = self.clock
+        out.hold_clock = self.hold_clock
 
     def _check_runaway(
         self,
@@ -774,8 +776,9 @@ class PartitionAggregator:
             del self._late_accs[minute]
         for minute in [m for m in self._budget_accs if m < recent_from]:
             del self._budget_accs[minute]
-        # budget periods no longer held (the margin covers lookups still in flight)
-        gone = clock - cfg.hold_ms - cfg.hold_margin_ms
+        # budget periods no longer held: not even by a deferred event still waiting for its
+        # lookup (the hold clock stays at the oldest of them)
+        gone = self.hold_clock - cfg.hold_ms - cfg.hold_margin_ms
         for pkey in [k for k, acc in self.partials.items() if acc[_ACC_END] <= gone]:
             del self.partials[pkey]
         if clock >= self._next_session_sweep:  # a scan of every session: once a minute
@@ -1008,6 +1011,18 @@ class PartitionAggregator:
         )
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def hold_clock(self) -> int:
+        """The broker time up to which this partition's budget counting is done: its clock,
+        or the arrival of the oldest deferred event when one waits for its lookup (that event
+        still counts in every period held when it arrived). A period that ended more than the
+        hold before this can no longer change."""
+        clock = self.clock
+        for item in self.deferred.values():
+            if item[1] < clock:
+                clock = item[1]
+        return clock
 
     @property
     def memory_horizon(self) -> int:

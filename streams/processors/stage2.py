@@ -159,9 +159,11 @@ def pack_partials(
     announces: Sequence[list[Any]],
     partitions: int,
     everywhere: bool = False,
+    hold_clock: int | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Stage 1's output as one pack per stage-2 partition (``everywhere``: a pack, if only
-    with the clock, for every partition, so that each knows every source's clock)."""
+    with the clock, for every partition, so that each knows every source's clock).
+    ``hold_clock``: stage 1's hold clock (default: ``clock``)."""
     packs: dict[int, dict[str, Any]] = {}
 
     def pack(target: int) -> dict[str, Any]:
@@ -171,6 +173,7 @@ def pack_partials(
                 "p": partition,
                 "q": seq,
                 "ck": clock,
+                "hk": clock if hold_clock is None else hold_clock,
                 "b": [],
                 "o": [],
                 "s": [],
@@ -206,6 +209,8 @@ class BudgetTotals:
         self.applied = -1
         #: broker clock of each source partition, as its stage 1 last reported it
         self.source_clock: dict[int, int] = {}
+        #: hold clock of each source partition (stage1.PartitionAggregator.hold_clock)
+        self.source_hold: dict[int, int] = {}
         #: (budget_id, total_version) -> partition -> [seq, split, split_ts]
         self.versions: dict[tuple[str, str], dict[int, list[int]]] = {}
         #: (budget_id, total_version, period or bucket start) -> Bucket
@@ -241,6 +246,10 @@ class BudgetTotals:
             p, seq = pack["p"], pack["q"]
             if pack["ck"] > self.source_clock.get(p, 0):
                 self.source_clock[p] = pack["ck"]
+            hold = pack.get("hk", pack["ck"])
+            if hold > self.source_hold.get(p, 0):
+                self.source_hold[p] = hold
+            gone = self.gone()
             for budget_id, version, split, split_ts in pack.get("s", ()):
                 if self._split(budget_id, version, p, seq, split, split_ts):
                     announced.add((budget_id, version))
@@ -251,6 +260,8 @@ class BudgetTotals:
                 key = (budget_id, version, start)
                 bucket = self.buckets.get(key)
                 if bucket is None:
+                    if end <= gone:
+                        continue  # final and forgotten: a replay re-sending it changes nothing
                     bucket = self.buckets[key] = Bucket(end)
                 if bucket.update(p, seq, (cost, tokens, n, split, ts), (last_id, last_t)):
                     touched.setdefault((budget_id, version), set()).add(start)
@@ -680,11 +691,18 @@ class BudgetTotals:
             cache = self._caches[key] = PeriodCache(*key)
         return cache
 
+    def gone(self) -> int:
+        """Periods (and rolling buckets) that ended at or before this can no longer change:
+        every source partition's hold clock is more than the hold (and a margin) past them."""
+        cfg = self.config
+        if len(self.source_hold) < cfg.partitions:
+            return 0
+        return min(self.source_hold.values()) - cfg.hold_ms - cfg.hold_margin_ms
+
     def _expire(self) -> None:
         """Forget periods, windows and org minutes that can no longer change or be judged."""
         cfg = self.config
-        clock = max(self.source_clock.values(), default=0)
-        gone = clock - cfg.hold_ms - cfg.hold_margin_ms
+        gone = self.gone()
         for bucket_key in [k for k, b in self.buckets.items() if b.end <= gone]:
             del self.buckets[bucket_key]
         # a baseline's key holds its period's start: no period is longer than 31 days
@@ -705,6 +723,7 @@ class BudgetTotals:
         return {
             "applied": self.applied,
             "source_clock": [[p, c] for p, c in self.source_clock.items()],
+            "source_hold": [[p, c] for p, c in self.source_hold.items()],
             "versions": [
                 [k[0], k[1], [[p, *v] for p, v in splits.items()]]
                 for k, splits in self.versions.items()
@@ -723,6 +742,7 @@ class BudgetTotals:
     def restore(self, state: Mapping[str, Any]) -> None:
         self.applied = int(state["applied"])
         self.source_clock = {p: c for p, c in state["source_clock"]}
+        self.source_hold = {p: c for p, c in state.get("source_hold", state["source_clock"])}
         self.versions = {(v[0], v[1]): {s[0]: list(s[1:]) for s in v[2]} for v in state["versions"]}
         self.buckets = {(b[0], b[1], b[2]): Bucket.from_list(b[3]) for b in state["buckets"]}
         self.baselines = {(b[0], b[1], b[2], b[3], b[4]): list(b[5:]) for b in state["baselines"]}

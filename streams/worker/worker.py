@@ -322,6 +322,7 @@ class Worker:
             out.announces,
             s.event_partitions,
             everywhere=everywhere,
+            hold_clock=out.hold_clock,
         )
         sent_at = int(time.time() * 1000)
         for target, pack in packs.items():

@@ -15,6 +15,7 @@ from streams.budgets import Budget, StaticBudgets, budget_from_spec
 from streams.events import partition_key
 from streams.generate import Shape, generate_events
 from streams.pricing import default_catalog
+from streams.processors.periods import calendar_period
 from streams.processors.stage1 import PartitionAggregator, Stage1Config, Stage1Output
 from streams.processors.stage2 import (
     BaselineRequest,
@@ -168,6 +169,7 @@ class Pipeline:
             out.announces,
             self.partitions,
             everywhere=True,
+            hold_clock=out.hold_clock,
         )
         messages = []
         for pack in packs.values():
@@ -474,3 +476,43 @@ def test_prices_change_at_their_effective_minute() -> None:
     assert costs == {ga - MIN: 300_000_000, ga: 600_000_000}
     catalog = default_catalog()
     assert sum(costs.values()) == sum(catalog.price(e).cost_nanos for e in events)
+
+
+def test_a_lagging_partition_still_counts_in_periods_an_idle_one_has_left_behind() -> None:
+    """An idle partition's clock follows the wall clock: it must not make stage 2 forget a
+    period that a partition reading a backlog still counts in (found by the property test:
+    the bucket was expired after each partial and its alerts published again)."""
+    budget = budget_from_spec(
+        {"id": "d", "scope": {"org": "acme"}, "period": "day", "limit_usd": "0.000002"}
+    )
+    day = calendar_period(T0, "day", "UTC")
+    pipe = Pipeline([budget], partitions=2, now=day.end + 30 * 3_600_000)
+    pipe.feed(0, pipe.aggs[0].tick(pipe.now, caught_up=False))  # partition 0: a backlog
+    pipe.feed(1, pipe.aggs[1].tick(pipe.now, caught_up=True))  # 1: idle, 30 h past the day
+    for i in range(2):
+        pipe.process(0, records([event(event_time=T0 + i)], start=i, arrival=T0 + i))
+    assert pipe.spent(budget, day.start) == 2_000
+    ids = [a["alert_id"] for a in pipe.alerts if a["kind"] == "threshold_crossed"]
+    assert len(ids) == len(set(ids)) == 3
+
+
+def test_a_deferred_event_counts_in_every_period_held_when_it_arrived() -> None:
+    """An event older than the id memory waits for its lookup; the partition's clock may run
+    on meanwhile (the sink lags): it still counts where it was held on arrival."""
+    budget = budget_from_spec(
+        {"id": "d", "scope": {"org": "acme"}, "period": "day", "limit_usd": 1}
+    )
+    day = calendar_period(T0, "day", "UTC")
+    agg = aggregator([budget], now=day.end + 40 * 3_600_000)
+    first = agg.process(records([event(event_time=T0)], arrival=day.end + 3_600_000))
+    assert [x.offset for x in first.lookups] == [0]
+    later = day.end + agg.config.hold_ms + agg.config.hold_margin_ms + 3_600_000
+    agg.process(records([event(event_time=later)], start=1, arrival=later))
+    held = agg.hold_clock
+    out = agg.resolve({0: True})
+    assert out.counted == 1
+    assert [p[4] for p in out.budget_partials if p[2] == day.start] == [1_000]
+    assert held == day.end + 3_600_000  # the deferred event held the partition's periods
+    agg.process(records([event(event_time=later + 1)], start=2, arrival=later + 1))
+    assert agg.hold_clock == later + 1
+    assert (budget.budget_id, budget.total_version, day.start) not in agg.partials
