@@ -313,10 +313,13 @@ class BudgetTotals:
             or len(splits) < self.config.partitions
         ):
             return
+        gone = self.gone()
         for p, (_, split, split_ts) in sorted(splits.items()):
             if not split:
                 continue
             for request in self._baseline_ranges(budget, p, split, split_ts):
+                if request.until <= gone:
+                    continue  # final and forgotten: its alerts were decided
                 if request.key not in self.baselines and request.key not in self.pending:
                     self.pending.add(request.key)
                     out.baselines.append(request)
@@ -450,11 +453,15 @@ class BudgetTotals:
             period_start, period_end = period.start, period.end
         key = (budget.budget_id, budget.definition_version, id_start)
         entry = self.alerted.get(key)
+        # the alert ids of a period (rolling: of an epoch, whose windows end by epoch +
+        # window) are kept until it is final: never evaluated after, nothing fires twice
+        expiry = id_start + 2 * budget.window_ms if rolling else period_end
+        if entry is None and expiry <= self.gone():
+            return
         for threshold in crossed(spent, budget.limit, budget.thresholds_pct):
             if entry is not None and threshold in entry[1]:
                 continue
             if entry is None:
-                expiry = period_end + (budget.window_ms if rolling else 0)
                 entry = self.alerted[key] = [expiry, []]
             entry[1].append(threshold)
             aid = threshold_alert_id(
@@ -488,6 +495,8 @@ class BudgetTotals:
         if entry is not None and "forecast" in entry[1]:
             return
         period = self._cache(budget).of(start)
+        if entry is None and period.end <= self.gone():
+            return  # final and forgotten (see _thresholds)
         clock = max(self.source_clock.values(), default=0)
         found = forecast_breach(
             spent,

@@ -516,3 +516,24 @@ def test_a_deferred_event_counts_in_every_period_held_when_it_arrived() -> None:
     agg.process(records([event(event_time=later + 1)], start=2, arrival=later + 1))
     assert agg.hold_clock == later + 1
     assert (budget.budget_id, budget.total_version, day.start) not in agg.partials
+
+
+def test_a_period_past_its_hold_is_not_evaluated_again() -> None:
+    """Its alert ids expire with it: a baseline asked again by the timer must not raise its
+    alerts a second time (found by the property test)."""
+    budget = budget_from_spec({"id": "m", "scope": {"org": "acme"}, "limit_usd": "0.000001"})
+    month = calendar_period(T0, "month", "UTC")
+
+    def clickhouse(request: BaselineRequest) -> list[tuple[int, int, int]]:
+        return [(request.start, 1_000, 0)] if request.start == month.start else []
+
+    pipe = Pipeline([], now=month.end - 3_600_000, baseline=clickhouse)
+    pipe.process(0, records([event(event_time=month.end - 3_600_000)]))
+    pipe.set_budgets([budget])
+    pipe.tick()  # the split, the baseline: 1,000 of 1,000
+    assert [a["threshold_pct"] for a in pipe.alerts] == [50, 80, 100]
+    pipe.now = month.end + pipe.totals.config.hold_ms + 5 * 3_600_000
+    for _ in range(3):
+        pipe.tick()
+    ids = [a["alert_id"] for a in pipe.alerts]
+    assert len(ids) == len(set(ids)) == 3
