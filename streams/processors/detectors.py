@@ -7,6 +7,7 @@ is unit-tested on its own.
 from __future__ import annotations
 
 import dataclasses
+import fractions
 import itertools
 from collections.abc import Sequence
 from typing import Final
@@ -203,8 +204,12 @@ def spike_ratio(window_spend: int, history: Sequence[int], rules: SpikeRules) ->
     (zeros included), oldest first, at most ``baseline_minutes`` long."""
     if len(history) < rules.min_history_minutes or window_spend < rules.min_spend_nanos:
         return None
-    baseline = sum(history) / len(history)
-    if baseline <= 0:
+    total = sum(history)
+    if total <= 0:
         return float("inf")
-    ratio = window_spend / baseline
-    return ratio if ratio >= rules.factor else None
+    # the decision in integers (window * minutes >= factor * total, the factor as the exact
+    # fraction it is written as): floats lose the last digits of sums above 2^53 nano-USD
+    factor = fractions.Fraction(str(rules.factor))
+    if window_spend * len(history) * factor.denominator < factor.numerator * total:
+        return None
+    return window_spend * len(history) / total  # for the message only

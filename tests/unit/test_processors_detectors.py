@@ -114,3 +114,17 @@ def test_make_alert_is_a_valid_avro_record() -> None:
     assert codec.decode(codec.encode(alert)) == alert
     with pytest.raises(ValueError, match="unknown alert fields"):
         make_alert("spend_spike", "x", 1, "m", 1, colour="red")
+
+
+def test_spike_decisions_are_exact_for_sums_beyond_floats() -> None:
+    """window * minutes vs factor * total in integers: 12 minutes summing to 21.8e15 nano-USD
+    and a minute 1 nano-USD short of 5x their average is no spike (floats said 5.0)."""
+    rules = SpikeRules(min_history_minutes=12)
+    history = [21821936326435110 // 12] * 11
+    history.append(21821936326435110 - sum(history))
+    assert sum(history) == 21821936326435110
+    assert spike_ratio(9092473469347962, history, rules) is None
+    assert spike_ratio(9092473469347963, history, rules) is not None  # 5x exactly
+    half = SpikeRules(min_history_minutes=2, factor=2.5)
+    assert spike_ratio(5 * 10**9, [2 * 10**9, 2 * 10**9], half) is not None
+    assert spike_ratio(5 * 10**9 - 1, [2 * 10**9, 2 * 10**9], half) is None
