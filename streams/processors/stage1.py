@@ -20,7 +20,8 @@ The semantics it implements (docs/design.md, "Budget truth"):
   budget created mid-period starts exact whatever the lateness or a backlog.
 
 It returns what to publish: cumulative budget partials and org-minute partials for stage 2
-(with a sequence number: stage 2 keeps the newest per source partition), split announcements,
+(with a sequence number, ``SEQ_SHIFT``: stage 2 keeps the newest per source partition, and
+of two with the same split the larger sums), split announcements,
 closed rollup windows and late rollup rows, runaway alerts, dead letters and lookups.
 
 Restart exactness: ``snapshot()`` is the state after exactly the records up to ``applied``;
@@ -83,6 +84,13 @@ KEY_FIELDS: Final = (
     "provider",
 )
 _HALF_M: Final = 500_000
+#: the sequence number of stage 1's output is ``((applied + 1) << SEQ_SHIFT) + resolves``:
+#: a function of the position in the partition (so a replay in other batches, after a
+#: restore, never reuses a number for other content), then of the lookups answered since
+#: the position last moved (fewer than 2^20 between two batches). It fits int64 (msgpack)
+#: for offsets below 2^43.
+SEQ_SHIFT: Final = 20
+_SEQ_LOW: Final = (1 << SEQ_SHIFT) - 1
 _MIN_T: Final = ev_mod.MIN_EVENT_TIME_MS
 _MAX_TOKENS: Final = ev_mod.MAX_TOKENS
 _MAX_COST: Final = ev_mod.MAX_COST_NANOS
@@ -281,6 +289,8 @@ class PartitionAggregator:
         self.applied = -1
         self.clock = 0
         self.seq = 0
+        #: lookups answered (resolve calls) since ``applied`` last moved (see SEQ_SHIFT)
+        self.resolves = 0
         self.memory = DedupMemory()
         #: events older than the memory window, waiting for their lookup: [offset, broker
         #: time, key, value]
@@ -617,6 +627,7 @@ class PartitionAggregator:
         exactly that record (partition, offset), False when it dropped it as a duplicate."""
         out = Stage1Output()
         now = self.now_ms()
+        self.resolves += 1
         for offset in sorted(answers):
             item = self.deferred.pop(offset, None)
             if item is None:
@@ -731,7 +742,11 @@ class PartitionAggregator:
             acc[5] = acc[2]
             out.org_partials.append([org, minute, saturate(acc[0]), saturate(acc[1]), acc[2]])
         self._expire(out)
-        self.seq += 1
+        seq = ((self.applied + 1) << SEQ_SHIFT) + min(self.resolves, _SEQ_LOW)
+        if seq >> SEQ_SHIFT != self.seq >> SEQ_SHIFT:
+            self.resolves = 0  # the position moved
+            seq = (self.applied + 1) << SEQ_SHIFT
+        self.seq = max(self.seq, seq)
         out.seq = self.seq
         out.clock = self.clock
         out.hold_clock = self.hold_clock
@@ -1042,6 +1057,7 @@ class PartitionAggregator:
             "applied": self.applied,
             "clock": self.clock,
             "seq": self.seq,
+            "resolves": self.resolves,
             "deferred": list(self.deferred.values()),
             "partials": [[*k, *v] for k, v in self.partials.items()],
             "versions": [[*k, *v] for k, v in self.versions.items()],
@@ -1057,6 +1073,7 @@ class PartitionAggregator:
         self.applied = int(state["applied"])
         self.clock = int(state["clock"])
         self.seq = int(state["seq"])
+        self.resolves = int(state.get("resolves", 0))
         self.deferred = {int(d[0]): list(d) for d in state["deferred"]}
         self.partials = {(p[0], p[1], p[2]): list(p[3:]) for p in state["partials"]}
         self.versions = {(v[0], v[1]): list(v[2:]) for v in state["versions"]}

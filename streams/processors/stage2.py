@@ -3,8 +3,9 @@
 Input packs (from stage 1, one per source partition and batch, see ``pack_partials``) carry
 CUMULATIVE partial sums of one source partition, a sequence number, the partition's clock,
 and split announcements. Stage 2 keeps the partial with the highest sequence per source
-partition and sums them, so replays and duplicated packs change nothing, and totals stay
-exact whichever worker owns which events partition. A budget version's total is
+partition (of two counted from the same split, the larger sums: a restarted stage 1 may
+publish in another order) and sums them, so replays and duplicated packs change nothing,
+and totals stay exact whichever worker owns which events partition. A budget version's total is
 
     sum over source partitions p of (stream partial of p + baseline of p),
 
@@ -102,9 +103,18 @@ class Bucket:
         self, partition: int, seq: int, values: Sequence[Any], last: tuple[Any, int] | None
     ) -> bool:
         have = self.parts.get(partition)
-        if have is not None and have[0] >= seq:
+        if have is not None and have[4:] == list(values[3:]):
+            # the same split: sums over ever more of the partition's events, whatever order
+            # a restarted stage 1 published them in (the larger is the newer)
+            grown = [max(a, b) for a, b in zip(have[1:4], values[:3], strict=True)]
+            if grown == have[1:4]:
+                return False
+            have[0] = max(have[0], seq)
+            have[1:4] = grown
+        elif have is not None and have[0] >= seq:
             return False
-        self.parts[partition] = [seq, *values]
+        else:
+            self.parts[partition] = [seq, *values]
         if last is not None and last[0] is not None and last[1] >= self.last_t:
             self.last_id, self.last_t = last
         return True
