@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup setup-helm demo test lint fuzz bench-producer bench-sink bench-worker bench-queries clean
+.PHONY: setup setup-helm demo test lint fuzz truth-long bench-producer bench-sink bench-worker bench-queries clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -43,6 +43,11 @@ test: lint
 FUZZ_RUNS ?= 1000000
 fuzz: setup
 	nice -n 19 $(PY) -m tests.fuzz.run --runs $(FUZZ_RUNS)
+
+# the long budget-truth property run: thousands of random streams through the worker's stages
+# against the reference model (tests/unit/test_budget_truth.py, docs/budget-truth.md)
+truth-long: setup
+	HYPOTHESIS_PROFILE=long nice -n 19 $(PY) -m pytest -q tests/unit/test_budget_truth.py
 
 bench-producer: setup
 	$(PY) -m loadtest.bench_producer
