@@ -38,7 +38,7 @@ import time
 import uuid
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from loadtest.machine import Machine, kafka_rate
 from streams.events import now_ms, partition_key
@@ -287,163 +287,11 @@ def child(target: Any, *args: Any, timeout: float) -> dict[str, Any]:
         proc.join(10)
 
 
-# ---------------------------------------------------------------------------- latency
-
-
-def latency(base: Settings, partitions: int, rate: int, seconds: int) -> dict[str, Any]:
-    run = uuid.uuid4().hex[:8]
-    try:
-        return _latency(base, run, partitions, rate, seconds)
-    finally:
-        delete_topics_containing(base, run)
-
-
-def _latency(base: Settings, run: str, partitions: int, rate: int, seconds: int) -> dict[str, Any]:
-    settings = bench_settings(base, run, partitions)
-    from streams.worker import worker_topics
-
-    ensure_topics(settings, worker_topics(settings))
-    shape = Shape()
-    probes = seconds * 10 + 5
-    specs = budget_specs(shape, probes)
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=run_fast_worker, args=(settings, specs, 0, queue))
-    proc.start()
-    received: dict[str, float] = {}
-    alerts = AvroCodec("budget_alert")
-
-    def listen(stop: threading.Event) -> None:
-        consumer = Consumer(
-            {
-                **settings.kafka_client_config(),
-                "group.id": f"lat-{run}",
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 10,
-            }
-        )
-        consumer.subscribe([settings.topic_alerts])
-        while not stop.is_set():
-            for msg in consumer.consume(num_messages=100, timeout=0.05):
-                if msg.error():
-                    continue
-                alert = alerts.decode(msg.value())
-                if alert["budget_id"] and alert["budget_id"].startswith("probe-"):
-                    received.setdefault(alert["budget_id"], time.perf_counter())
-        consumer.close()
-
-    stop = threading.Event()
-    listener = threading.Thread(target=listen, args=(stop,), daemon=True)
-    listener.start()
-    producer = Producer(
-        {
-            **settings.kafka_client_config(),
-            "linger.ms": 1,
-            "compression.type": "lz4",
-            "enable.idempotence": True,
-        }
-    )
-    sent: dict[str, float] = {}
-
-    def probe(p: int) -> None:
-        event = next(generate_events(1, seed=p, shape=shape))
-        # a fresh id: seed p's first event would otherwise repeat the background's (seed 11)
-        # and be dropped as a re-send
-        event.update(
-            event_id=str(uuid.uuid4()),
-            event_time=now_ms(),
-            user_id=f"probe-user-{p}",
-            cost_nanos=2_000_000_000,
-        )
-        sent[f"probe-{p}"] = time.perf_counter()
-        producer.produce(settings.topic_events, CODEC.encode(event), partition_key(event))
-        producer.poll(0)
-
-    # warm-up: wait until the worker answers a first probe
-    deadline = time.monotonic() + 120
-    probe(probes - 1)
-    while f"probe-{probes - 1}" not in received and time.monotonic() < deadline:
-        producer.poll(0.1)
-    if f"probe-{probes - 1}" not in received:
-        proc.kill()
-        raise SystemExit("worker did not raise the warm-up alert within 120 s")
-    sent.clear()
-    received.clear()
-    total = rate * seconds
-    # generated and encoded before the clock starts: the producer side must stay light
-    background = []
-    for event in generate_events(total, seed=11, shape=shape):
-        background.append((partition_key(event), event))
-    start = time.perf_counter()
-    produced = 0
-    next_probe = 0
-    while produced < total:
-        elapsed = time.perf_counter() - start
-        target = min(total, int(elapsed * rate))
-        stamp = now_ms()
-        while produced < target:
-            key, event = background[produced]
-            event["event_time"] = stamp
-            producer.produce(settings.topic_events, CODEC.encode(event), key)
-            produced += 1
-        if next_probe < int(elapsed * 10) and next_probe < probes - 1:
-            probe(next_probe)
-            next_probe += 1
-        producer.poll(0)
-        time.sleep(0.001)
-    achieved = produced / (time.perf_counter() - start)
-    producer.flush(30)
-    time.sleep(5)
-    stop.set()
-    listener.join(5)
-    proc.kill()
-    proc.join(10)
-    delays = sorted(received[k] - sent[k] for k in sent if k in received)
-    missing = len(sent) - len(delays)
-
-    def pct(q: float) -> float:
-        return delays[min(len(delays) - 1, int(q * len(delays)))] * 1000 if delays else -1.0
-
-    return {
-        "run": run,
-        "rate_target": rate,
-        "rate_achieved": round(achieved),
-        "probes": len(sent),
-        "missing": missing,
-        "p50_ms": round(pct(0.50), 1),
-        "p95_ms": round(pct(0.95), 1),
-        "p99_ms": round(pct(0.99), 1),
-        "max_ms": round(delays[-1] * 1000, 1) if delays else -1,
-    }
-
-
 # ---------------------------------------------------------------------------- main
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=600_000)
-    parser.add_argument("--baseline-events", type=int, default=20_000)
-    parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--rate", type=int, default=10_000)
-    parser.add_argument("--seconds", type=int, default=20)
-    parser.add_argument("--skip-latency", action="store_true")
-    parser.add_argument("--only-latency", action="store_true", help="skip throughput and baseline")
-    parser.add_argument("--json", action="store_true", help="print one JSON object only")
-    args = parser.parse_args()
-
-    machine = Machine()
-    base = Settings.from_env()
-    if base.kafka_is_local:
-        from streams.local import stack
-
-        stack.up(base, clickhouse=False)
-    if args.only_latency:
-        lat = latency(base, args.partitions, args.rate, args.seconds)
-        machine.finish()
-        print(json.dumps({"latency": lat, "machine": machine.as_dict()}, indent=2))
-        print(machine.text())
-        return
+def throughput(base: Settings, args: argparse.Namespace, machine: Machine) -> dict[str, Any]:
+    """Phases 1 and 2 (the worker's catch-up, the naive faust baseline) and the calibration."""
     run = uuid.uuid4().hex[:8]
     settings = bench_settings(base, run, args.partitions)
     from streams.worker import worker_topics
@@ -460,9 +308,13 @@ def main() -> None:
         ensure_topics(settings, worker_topics(settings))
         produce_s = produce(settings, messages)
         # the calibration: a plain confluent-kafka consume + fastavro decode of the same topic
-        machine.calibrated(kafka_rate(settings, settings.topic_events, args.events), "kafka")
+        calibration = kafka_rate(settings, settings.topic_events, args.events)
+        if machine.calibration is None:
+            machine.calibrated(calibration, "kafka")
         fast = child(run_fast_worker, settings, specs, args.events, timeout=900)
-        baseline = child(run_baseline, settings, args.baseline_events, timeout=900)
+        baseline = {}
+        if args.baseline_events:
+            baseline = child(run_baseline, settings, args.baseline_events, timeout=900)
     finally:  # the run's topics, whatever happened (they pile up on the broker otherwise)
         delete_topics_containing(base, run)
     report: dict[str, Any] = {
@@ -470,48 +322,146 @@ def main() -> None:
         "partitions": args.partitions,
         "budgets": len(specs),
         "produce_s": round(produce_s, 2),
+        "calibration": round(calibration),
         "fast": {
             **fast,
             "rate_wall": round(fast["events"] / fast["wall_s"]),
             "rate_cpu": round(fast["events"] / max(fast["cpu_s"], 1e-9)),
         },
-        "baseline": {
+    }
+    report["vs_calibration"] = round(report["fast"]["rate_wall"] / calibration, 3)
+    if baseline:
+        report["baseline"] = {
             **baseline,
             "rate_wall": round(baseline["events"] / baseline["wall_s"]),
             "rate_cpu": round(baseline["events"] / max(baseline["cpu_s"], 1e-9)),
-        },
-    }
-    report["vs_calibration"] = machine.ratio(report["fast"]["rate_wall"])
-    report["ratio_wall"] = round(report["fast"]["rate_wall"] / report["baseline"]["rate_wall"], 1)
-    report["ratio_cpu"] = round(report["fast"]["rate_cpu"] / report["baseline"]["rate_cpu"], 1)
-    print(json.dumps(report), file=sys.stderr, flush=True)  # kept if the latency phase fails
-    if not args.skip_latency:
-        report["latency"] = latency(base, args.partitions, args.rate, args.seconds)
-    report["machine"] = machine.finish().as_dict()
-    if args.json:
-        print(json.dumps(report))
-        return
-    print(json.dumps(report, indent=2))
-    print(machine.text())
-    print(
-        f"\nworker: {report['fast']['rate_wall']:,} events/s wall = "
-        f"x{report['vs_calibration']} the plain consume + decode loop "
-        f"({machine.calibration or 0:,.0f}/s, same topic, same run)"
-    )
-    print(
-        f"worker: {report['fast']['rate_wall']:,} events/s wall "
-        f"({report['fast']['rate_cpu']:,}/CPU-s) vs baseline {report['baseline']['rate_wall']:,}"
-        f" events/s wall ({report['baseline']['rate_cpu']:,}/CPU-s): "
-        f"x{report['ratio_wall']} wall, x{report['ratio_cpu']} CPU; worker peak RSS "
-        f"{report['fast']['peak_rss_mb']} MB"
-    )
-    if "latency" in report:
-        lat = report["latency"]
-        print(
-            f"alert latency at {lat['rate_achieved']:,} events/s: p50 {lat['p50_ms']} ms, "
-            f"p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms ({lat['probes']} probes, "
-            f"{lat['missing']} missing)"
+        }
+        report["ratio_wall"] = round(
+            report["fast"]["rate_wall"] / report["baseline"]["rate_wall"], 1
         )
+        report["ratio_cpu"] = round(report["fast"]["rate_cpu"] / report["baseline"]["rate_cpu"], 1)
+    return report
+
+
+def _line_throughput(report: dict[str, Any]) -> str:
+    fast = report["fast"]
+    line = (
+        f"worker: {fast['rate_wall']:,} events/s wall = x{report['vs_calibration']} the plain "
+        f"consume + decode loop ({report['calibration']:,}/s, same topic, same run)"
+    )
+    if "baseline" in report:
+        line += (
+            f"; naive faust {report['baseline']['rate_wall']:,}/s (x{report['ratio_wall']} wall,"
+            f" x{report['ratio_cpu']} CPU); peak RSS {fast['peak_rss_mb']} MB"
+        )
+    return line
+
+
+def _lines_latency(lat: dict[str, Any]) -> list[str]:
+    out = []
+    for phase in lat["phases"]:
+        a, b = phase["alert"], phase["block"]
+        out.append(
+            f"at {phase['rate_achieved']:,} events/s: alert p50 {a['p50']} p99 {a['p99']} max "
+            f"{a['max']} ms ({a['probes']} probes, {a['missing']} missing); block seen by check()"
+            f" p50 {b['p50']} p99 {b['p99']} ms ({b['probes']} probes, {b['missing']} missing),"
+            f" overshoot p50 {b['overshoot_pct']['p50']}% max {b['overshoot_pct']['max']}%"
+        )
+        for kind in ("alert", "block"):
+            for hop, fig in phase[kind]["hops"].items():
+                out.append(f"    {kind} {hop:<38} p50 {fig['p50']!s:>7} p99 {fig['p99']!s:>7} ms")
+        for hop, fig in phase["worker_histograms"].items():
+            out.append(
+                f"    worker histogram {hop:<24} p50 {fig['p50_ms']:>8} p99 {fig['p99_ms']:>8} ms"
+                f" ({fig['n']} observations)"
+            )
+    return out
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The figures of the issue's targets, from one run's report."""
+    out: dict[str, Any] = {}
+    if "throughput" in report:
+        out["throughput_vs_calibration"] = report["throughput"]["vs_calibration"]
+    for phase in report.get("latency", {}).get("phases", []):
+        rate = phase["rate_target"]
+        out[f"alert_p99_ms@{rate}"] = phase["alert"]["p99"]
+        out[f"block_p99_ms@{rate}"] = phase["block"]["p99"]
+        out[f"overshoot_max_pct@{rate}"] = phase["block"]["overshoot_pct"]["max"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=600_000)
+    parser.add_argument("--baseline-events", type=int, default=20_000, help="0: no baseline")
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--rates", default="10000,30000", help="latency phases, events/s")
+    parser.add_argument("--seconds", type=int, default=20, help="of each latency phase")
+    parser.add_argument("--runs", type=int, default=1, help="repeat; report medians and all")
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--only-latency", action="store_true", help="skip throughput and baseline")
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    args = parser.parse_args()
+
+    from loadtest.latency import LatencyRun, median_of
+
+    machine = Machine()
+    base = Settings.from_env()
+    if base.kafka_is_local:
+        from streams.local import stack
+
+        stack.up(base, clickhouse=False)
+    rates = [int(r) for r in args.rates.split(",") if r]
+    runs: list[dict[str, Any]] = []
+    for index in range(args.runs):
+        report: dict[str, Any] = {"run": index + 1, "load_before": list(os.getloadavg())}
+        if not args.only_latency:
+            report["throughput"] = throughput(base, args, machine)
+            print(_line_throughput(report["throughput"]), file=sys.stderr, flush=True)
+        if not args.skip_latency:
+            report["latency"] = LatencyRun(base, args.partitions, rates, args.seconds).run()
+            for line in _lines_latency(report["latency"]):
+                print(line, file=sys.stderr, flush=True)
+        report["headline"] = headline(report)
+        print(json.dumps(report["headline"]), file=sys.stderr, flush=True)
+        runs.append(report)
+    if machine.calibration is None and runs and "throughput" not in runs[0]:
+        machine.calibrated(_calibrate_latency_only(base, args.partitions), "kafka")
+    machine.finish()
+    keys = list(runs[0]["headline"]) if runs else []
+    medians = {k: median_of([r["headline"].get(k) for r in runs]) for k in keys}
+    every = {k: [r["headline"].get(k) for r in runs] for k in keys}
+    result = {"machine": machine.as_dict(), "median": medians, "all": every, "runs": runs}
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(json.dumps(result, indent=2))
+    print(machine.text())
+    for report in runs:
+        print(f"run {report['run']} (load before {report['load_before'][0]:.2f}):")
+        if "throughput" in report:
+            print("  " + _line_throughput(report["throughput"]))
+        for line in _lines_latency(report.get("latency", {"phases": []})):
+            print("  " + line)
+    print(f"median of {len(runs)} runs (all runs):")
+    for k in keys:
+        print(f"  {k:<32} {medians[k]!s:>8}   {every[k]}")
+
+
+def _calibrate_latency_only(base: Settings, partitions: int, events: int = 200_000) -> float:
+    """The calibration when no throughput phase ran: a fresh topic of ``events`` events."""
+    run = uuid.uuid4().hex[:8]
+    settings = bench_settings(base, run, partitions)
+    from streams.worker import worker_topics
+
+    try:
+        ensure_topics(settings, worker_topics(settings))
+        messages = [(partition_key(e), CODEC.encode(e)) for e in generate_events(events, seed=42)]
+        produce(settings, messages)
+        return kafka_rate(settings, settings.topic_events, events)
+    finally:
+        delete_topics_containing(base, run)
 
 
 if __name__ == "__main__":

@@ -229,6 +229,13 @@ class BudgetTotals:
         self.baselines: dict[tuple[str, str, int, int, int], list[int]] = {}
         #: baseline requests made and not answered yet (their keys)
         self.pending: set[tuple[str, str, int, int, int]] = set()
+        #: (budget_id, total_version, partition, split) whose baseline requests were all made:
+        #: the timer does not rebuild them every second (not checkpointed: after a restore
+        #: nothing is pending, so everything is asked again)
+        self._asked: set[tuple[str, str, int, int]] = set()
+        #: budget_id -> its total versions in ``versions`` (the timer finds stale ones in
+        #: O(versions of that budget), not O(every version of every budget))
+        self._versions_of: dict[str, set[str]] = {}
         #: (budget_id, definition_version, period start or rolling epoch) -> [expiry, thresholds]
         self.alerted: dict[tuple[str, str, int], list[Any]] = {}
         #: budget_id -> [definition_version, period start, until] of its block
@@ -284,8 +291,20 @@ class BudgetTotals:
                         self.org_first[org] = minute
                 bucket.update(p, seq, (cost, tokens, n, 0, 0), None)
         now = self.now_ms()
+        complete: list[tuple[str, str]] = []
         for version_key in announced:
             self._request_baselines(version_key, out)
+            if len(self.versions.get(version_key, ())) >= self.config.partitions:
+                complete.append(version_key)
+        if complete:
+            # a version whose last announcement just came: its spend so far was not
+            # judged (no total before it), so judge every period it has now
+            starts_of: dict[tuple[str, str], set[int]] = {}
+            for bid, version, start in self.buckets:
+                starts_of.setdefault((bid, version), set()).add(start)
+            for version_key in complete:
+                if version_key in starts_of:
+                    touched.setdefault(version_key, set()).update(starts_of[version_key])
         for (budget_id, version), starts in touched.items():
             budget = self.budgets.get(budget_id)
             if budget is not None and budget.total_version == version:
@@ -296,7 +315,10 @@ class BudgetTotals:
 
     def _split(self, budget_id: str, version: str, p: int, seq: int, split: int, ts: int) -> bool:
         """Note partition ``p``'s split of a version; True when it is new or moved."""
-        known = self.versions.setdefault((budget_id, version), {})
+        known = self.versions.get((budget_id, version))
+        if known is None:
+            known = self.versions[(budget_id, version)] = {}
+            self._versions_of.setdefault(budget_id, set()).add(version)
         have = known.get(p)
         if have is not None and have[0] >= seq:
             return False
@@ -325,8 +347,9 @@ class BudgetTotals:
             return
         gone = self.gone()
         for p, (_, split, split_ts) in sorted(splits.items()):
-            if not split:
+            if not split or (key[0], key[1], p, split) in self._asked:
                 continue
+            self._asked.add((key[0], key[1], p, split))
             for request in self._baseline_ranges(budget, p, split, split_ts):
                 if request.until <= gone:
                     continue  # final and forgotten: its alerts were decided
@@ -620,12 +643,18 @@ class BudgetTotals:
         return out
 
     def _forget(self, budget_id: str, keep_version: str | None) -> None:
-        """Drop the state of a deleted budget or of its replaced total versions."""
-        stale = [k for k in self.versions if k[0] == budget_id and k[1] != keep_version]
-        if not stale:
+        """Drop the state of a deleted budget or of its replaced total versions (O(1) when
+        there are none: the timer calls this for every budget every second)."""
+        known = self._versions_of.get(budget_id)
+        if not known or known == {keep_version}:
             return
+        stale = [(budget_id, v) for v in known if v != keep_version]
         for key in stale:
             del self.versions[key]
+        known.difference_update(v for _, v in stale)
+        if not known:
+            del self._versions_of[budget_id]
+        self._asked = {k for k in self._asked if k[0] != budget_id or k[1] == keep_version}
         self.buckets = {
             k: b for k, b in self.buckets.items() if k[0] != budget_id or k[1] == keep_version
         }
@@ -763,6 +792,10 @@ class BudgetTotals:
         self.source_clock = {p: c for p, c in state["source_clock"]}
         self.source_hold = {p: c for p, c in state.get("source_hold", state["source_clock"])}
         self.versions = {(v[0], v[1]): {s[0]: list(s[1:]) for s in v[2]} for v in state["versions"]}
+        self._versions_of = {}
+        for budget_id, version in self.versions:
+            self._versions_of.setdefault(budget_id, set()).add(version)
+        self._asked = set()
         self.buckets = {(b[0], b[1], b[2]): Bucket.from_list(b[3]) for b in state["buckets"]}
         self.baselines = {(b[0], b[1], b[2], b[3], b[4]): list(b[5:]) for b in state["baselines"]}
         self.pending = set()

@@ -287,6 +287,7 @@ class Worker:
     async def on_events_batch(self, event: Any) -> None:
         message = event.message
         await self.alert_log.ready()
+        fetched = int(time.time() * 1000)
         slot = self._slot1(message.partition)
         processor: PartitionAggregator = slot.processor
         hops = self.metrics.hops
@@ -299,13 +300,18 @@ class Worker:
         slot.held.append(event)
         slot.last_batch_at = time.monotonic()
         self._count(out)
-        await self._publish_stage1(slot, out)
+        await self._publish_stage1(slot, out, fetched=fetched)
         if out.lookups:
             self._start_lookups(slot, out.lookups)
 
     async def _publish_stage1(
-        self, slot: _PartitionSlot, out: Stage1Output, clock_every_s: float = CLOCK_EVERY_S
+        self,
+        slot: _PartitionSlot,
+        out: Stage1Output,
+        clock_every_s: float = CLOCK_EVERY_S,
+        fetched: int = 0,
     ) -> None:
+        """``fetched``: when stage 1 was handed the batch behind ``out`` (UTC ms; 0: a tick)."""
         s = self.settings
         producer = self.app.producer
         topic = partials_topic(s)
@@ -327,6 +333,8 @@ class Worker:
         sent_at = int(time.time() * 1000)
         for target, pack in packs.items():
             pack["at"] = sent_at
+            if fetched:
+                pack["f"] = fetched
             fut = await producer.send(topic, None, _msgpack_encode(pack), target, None, None)
             self._sent(slot, fut, "partials")
         self.stats["partials"] += len(out.budget_partials) + len(out.org_partials)
@@ -358,13 +366,18 @@ class Worker:
             self._sent(slot, fut, "dead letter")
         self.stats["dead"] += len(out.dead)
         if out.alerts:
-            await self._send_alerts(slot, out.alerts)
+            await self._send_alerts(slot, out.alerts, fetched=fetched)
 
     async def _send_alerts(
-        self, slot: _PartitionSlot, alerts: list[dict[str, Any]], clock: int = 0
+        self,
+        slot: _PartitionSlot,
+        alerts: list[dict[str, Any]],
+        clock: int = 0,
+        fetched: int = 0,
     ) -> None:
         """Publish the alerts not already on the topic; the checkpoint waits for their acks.
-        ``clock``: the newest broker time of the records behind them (stage 1: the slot's)."""
+        ``clock``: the newest broker time of the records behind them (stage 1: the slot's);
+        ``fetched``: when the batch behind them was handed to its stage (see ``_hop_headers``)."""
         producer = self.app.producer
         topic = self.settings.topic_alerts
         hops = self.metrics.hops
@@ -376,7 +389,12 @@ class Worker:
             if clock:
                 hops["appended_to_alert"].observe(max(0.0, time.time() - clock / 1000))
             fut = await producer.send(
-                topic, aid.encode(), self.alert_codec.encode(alert), None, None, None
+                topic,
+                aid.encode(),
+                self.alert_codec.encode(alert),
+                None,
+                None,
+                _hop_headers(fetched),
             )
             self._sent(slot, fut, "alert")
             future = cast("asyncio.Future[Any]", fut)
@@ -569,7 +587,7 @@ class Worker:
         out = processor.process(decoded)
         hops["stage2"].observe(time.perf_counter() - started)
         slot.held.append(event)
-        await self._publish_stage2(slot, out, clock)
+        await self._publish_stage2(slot, out, clock, int(now))
 
     def _start_baselines(self, slot: _PartitionSlot, requests: list[BaselineRequest]) -> None:
         for request in requests:
@@ -606,23 +624,29 @@ class Worker:
         await self._publish_stage2(slot, out)
 
     async def _publish_stage2(
-        self, slot: _PartitionSlot, out: Stage2Output, clock: int = 0
+        self, slot: _PartitionSlot, out: Stage2Output, clock: int = 0, fetched: int = 0
     ) -> None:
-        """``clock``: the newest broker time among the packs behind ``out`` (for the hops)."""
+        """``clock``: the newest broker time among the packs behind ``out`` (for the hops);
+        ``fetched``: when stage 2 was handed their batch (UTC ms; 0: a tick or a baseline)."""
         producer = self.app.producer
         hops = self.metrics.hops
         for budget_id, value in out.enforcement:
             if clock and value is not None:
                 hops["appended_to_block"].observe(max(0.0, time.time() - clock / 1000))
             fut = await producer.send(
-                self.settings.topic_enforcement, budget_id.encode(), value, None, None, None
+                self.settings.topic_enforcement,
+                budget_id.encode(),
+                value,
+                None,
+                None,
+                _hop_headers(fetched),
             )
             self._sent(slot, fut, "enforcement record")
             cast("asyncio.Future[Any]", fut).add_done_callback(
                 self._acked(hops["block_ack"], time.perf_counter())
             )
         if out.alerts:
-            await self._send_alerts(slot, out.alerts, clock)
+            await self._send_alerts(slot, out.alerts, clock, fetched)
         if out.baselines:
             self._start_baselines(slot, out.baselines)
 
@@ -834,6 +858,20 @@ class Worker:
             self.alert_log.stop()
             if self.sink_view is not None:
                 self.sink_view.close()
+
+
+#: Kafka headers of alerts and enforcement records that say when their stage was handed the
+#: batch behind them and when the record was handed to the producer (UTC ms, ASCII): with the
+#: broker's append times they split a record's way into hops (loadtest/bench_worker.py)
+HEADER_FETCHED = "spendstream-fetched-ms"
+HEADER_HANDED = "spendstream-handed-ms"
+
+
+def _hop_headers(fetched: int) -> list[tuple[str, bytes]]:
+    handed = str(int(time.time() * 1000)).encode()
+    if not fetched:
+        return [(HEADER_HANDED, handed)]
+    return [(HEADER_FETCHED, str(fetched).encode()), (HEADER_HANDED, handed)]
 
 
 #: cyclic-GC thresholds of a worker process. With CPython's default (700, 10, 10) full

@@ -557,3 +557,57 @@ def test_a_replay_in_other_batches_reaches_stage_2() -> None:
     pipe.process(0, recs[100:])  # the replay, in one batch
     month = calendar_period(T0, "month", "UTC")
     assert pipe.spent(budget, month.start) == 200 * 1_000
+
+
+def test_the_timer_neither_rebuilds_asked_baselines_nor_scans_every_version() -> None:
+    """Stage 2's tick runs for every budget every second: a budget whose baselines were all
+    asked for, and which has no stale version, costs it no scan of the whole state."""
+    budget = budget_from_spec({"id": "b", "scope": {"org": "acme"}, "limit_usd": "0.00001"})
+    pipe = Pipeline([], now=T0 + 5 * MIN, baseline=lambda request: [])
+    pipe.process(0, records([event(event_time=T0 + 2 * MIN)]))
+    pipe.set_budgets([budget])
+    pipe.process(0, records([event(event_time=T0 + 3 * MIN)], start=1))
+    asked = len(pipe.requests)
+    assert asked
+    totals = pipe.totals
+    calls: list[int] = []
+    ranges = totals._baseline_ranges
+
+    def counted(*args: Any) -> list[BaselineRequest]:
+        calls.append(1)
+        return ranges(*args)
+
+    totals._baseline_ranges = counted  # type: ignore[method-assign]
+    for _ in range(3):
+        pipe.tick()
+    assert not calls and len(pipe.requests) == asked
+    # a new total version (another scope): the old version's state goes, its baselines too
+    old = budget.total_version
+    moved = budget_from_spec({"id": "b", "scope": {"org": "other"}, "limit_usd": "0.00001"})
+    assert moved.total_version != old
+    pipe.set_budgets([moved])
+    pipe.tick()
+    assert ("b", old) not in totals.versions
+    assert not [k for k in totals.buckets if k[1] == old]
+    assert not [k for k in totals.baselines if k[1] == old]
+    assert totals._versions_of.get("b", set()) <= {moved.total_version}
+    # restored state rebuilds the index and asks again (nothing is pending after a restore)
+    again = BudgetTotals(pipe.view, totals.config)
+    again.restore(totals.snapshot())
+    assert again._versions_of == totals._versions_of and not again._asked
+
+
+def test_a_crossing_known_before_every_partition_announced_fires_when_the_last_one_does() -> None:
+    """Stage 2 knows a total only once every events partition announced its split of the
+    budget version. A spend that crosses the limit before the last announcement must be
+    judged when that announcement arrives (idle partitions announce on their tick), not
+    wait for more spend (it was: a worker started on a backlog never raised it)."""
+    budget = budget_from_spec(
+        {"id": "u", "scope": {"user": "ana"}, "limit_usd": "0.000010", "mode": "block"}
+    )
+    pipe = Pipeline([budget], partitions=2, now=T0)
+    pipe.feed(0, pipe.aggs[0].process(records([event(event_time=T0, cost_nanos=20_000)])))
+    assert not pipe.alerts and not pipe.enforcement  # partition 1 has not announced yet
+    pipe.feed(1, pipe.aggs[1].tick(T0, True))  # the idle partition's tick announces
+    assert [a["threshold_pct"] for a in pipe.alerts] == [50, 80, 100]
+    assert [bid for bid, _ in pipe.enforcement] == ["u"]
