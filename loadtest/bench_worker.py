@@ -414,7 +414,17 @@ def main() -> None:
         stack.up(base, clickhouse=False)
     rates = [int(r) for r in args.rates.split(",") if r]
     runs: list[dict[str, Any]] = []
-    for index in range(args.runs):
+    if args.only_latency and args.runs > 1:
+        # one worker for every run (its start-up takes minutes on a loaded machine): the
+        # runs are consecutive rounds of the phases over the same worker and topics
+        every = LatencyRun(base, args.partitions, rates * args.runs, args.seconds).run()
+        for index in range(args.runs):
+            phases = every["phases"][index * len(rates) : (index + 1) * len(rates)]
+            report = {"run": index + 1, "load_before": phases[0].get("load_before", [0.0])}
+            report["latency"] = {"run": every["run"], "phases": phases}
+            report["headline"] = headline(report)
+            runs.append(report)
+    for index in range(0 if runs else args.runs):
         report: dict[str, Any] = {"run": index + 1, "load_before": list(os.getloadavg())}
         if not args.only_latency:
             report["throughput"] = throughput(base, args, machine)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing as mp
+import os
 import random
 import socket
 import statistics
@@ -484,7 +485,7 @@ class LatencyRun:
                     proc.kill()
                 proc.join(10)
         results = []
-        for phase, (rate, achieved, blocks, metrics) in enumerate(phases):
+        for phase, (rate, achieved, blocks, metrics, load) in enumerate(phases):
             alert_probes = []
             for bid, mine in sent.items():
                 if bid.startswith(f"probe-{phase}-"):
@@ -504,6 +505,7 @@ class LatencyRun:
             crossed = [p for p in block_probes if "produced" in p]
             results.append(
                 {
+                    "load_before": load,
                     "rate_target": rate,
                     "rate_achieved": round(achieved),
                     "alert": {
@@ -536,8 +538,16 @@ class LatencyRun:
         producer: Producer,
         probe: Any,
         ctx: Any,
-    ) -> tuple[int, float, dict[str, dict[str, Any]], dict[str, Any]]:
+    ) -> tuple[int, float, dict[str, dict[str, Any]], dict[str, Any], list[float]]:
+        load = [round(x, 2) for x in os.getloadavg()]
         total = rate * self.seconds
+        blocks_n = int(self.seconds / BLOCK_EVERY_S)
+        results = ctx.Queue()
+        start_at = time.time() + 12.0  # the agent's watcher is ready, the traffic encoded
+        agent = ctx.Process(
+            target=run_block_agent, args=(settings, phase, blocks_n, start_at, results)
+        )
+        agent.start()
         rng = random.Random(phase)
         # generated and encoded before the clock starts (fresh ids: no re-sends of a phase
         # before), so that the producer side stays light
@@ -547,13 +557,6 @@ class LatencyRun:
             fresh = dict(event, event_time=stamp)
             fresh["event_id"] = str(uuid.UUID(int=rng.getrandbits(128), version=4))
             background.append((partition_key(fresh), CODEC.encode(fresh)))
-        blocks_n = int(self.seconds / BLOCK_EVERY_S)
-        results = ctx.Queue()
-        start_at = time.time() + 8.0  # the agent's watcher is ready by then
-        agent = ctx.Process(
-            target=run_block_agent, args=(settings, phase, blocks_n, start_at, results)
-        )
-        agent.start()
         while time.time() < start_at:
             time.sleep(0.01)
         before = scrape(port)
@@ -583,7 +586,7 @@ class LatencyRun:
         agent.join(10)
         time.sleep(2)
         metrics = histogram_quantiles(before, scrape(port))
-        return rate, achieved, blocks, metrics
+        return rate, achieved, blocks, metrics, load
 
 
 def median_of(values: list[float | None]) -> float | None:
