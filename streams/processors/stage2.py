@@ -261,12 +261,13 @@ class BudgetTotals:
                 continue
             self.applied = offset
             p, seq = pack["p"], pack["q"]
+            # what was final before this pack (its own partials were counted while held)
+            gone = self.gone()
             if pack["ck"] > self.source_clock.get(p, 0):
                 self.source_clock[p] = pack["ck"]
             hold = pack.get("hk", pack["ck"])
             if hold > self.source_hold.get(p, 0):
                 self.source_hold[p] = hold
-            gone = self.gone()
             for budget_id, version, split, split_ts in pack.get("s", ()):
                 if self._split(budget_id, version, p, seq, split, split_ts):
                     announced.add((budget_id, version))
@@ -487,10 +488,8 @@ class BudgetTotals:
         key = (budget.budget_id, budget.definition_version, id_start)
         entry = self.alerted.get(key)
         # the alert ids of a period (rolling: of an epoch, whose windows end by epoch +
-        # window) are kept until it is final: never evaluated after, nothing fires twice
+        # window) are kept until it is final and forgotten (_expire)
         expiry = id_start + 2 * budget.window_ms if rolling else period_end
-        if entry is None and expiry <= self.gone():
-            return
         for threshold in crossed(spent, budget.limit, budget.thresholds_pct):
             if entry is not None and threshold in entry[1]:
                 continue
@@ -528,8 +527,6 @@ class BudgetTotals:
         if entry is not None and "forecast" in entry[1]:
             return
         period = self._cache(budget).of(start)
-        if entry is None and period.end <= self.gone():
-            return  # final and forgotten (see _thresholds)
         clock = max(self.source_clock.values(), default=0)
         found = forecast_breach(
             spent,

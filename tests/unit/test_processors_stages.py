@@ -611,3 +611,23 @@ def test_a_crossing_known_before_every_partition_announced_fires_when_the_last_o
     pipe.feed(1, pipe.aggs[1].tick(T0, True))  # the idle partition's tick announces
     assert [a["threshold_pct"] for a in pipe.alerts] == [50, 80, 100]
     assert [bid for bid, _ in pipe.enforcement] == ["u"]
+
+
+def test_a_batch_that_ends_past_the_hold_still_counts_its_held_events() -> None:
+    """A backlog read in one batch: its first events count in their day (they arrived while
+    it was held), though the batch's last record moves the clocks past its hold; stage 2
+    judges a pack by what was final before it (found by the property test)."""
+    budget = budget_from_spec(
+        {"id": "d", "scope": {"org": "acme"}, "period": "day", "limit_usd": "0.000002"}
+    )
+    day = calendar_period(T0, "day", "UTC")
+    far = day.end + 2 * 86_400_000
+    pipe = Pipeline([budget], now=far)
+    recs = records([event(event_time=T0), event(event_time=T0 + 1)])
+    recs += records([event(event_time=far)], start=2)
+    pipe.process(0, recs)
+    assert [a["threshold_pct"] for a in pipe.alerts if a["period_start"] == day.start] == [
+        50,
+        80,
+        100,
+    ]
