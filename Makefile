@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup setup-helm demo test lint fuzz truth-long bench-producer bench-sink bench-worker bench-queries clean
+.PHONY: setup setup-helm demo test lint fuzz soak truth-long bench-producer bench-sink bench-worker bench-queries clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -48,6 +48,11 @@ fuzz: setup
 # against the reference model (tests/unit/test_budget_truth.py, docs/budget-truth.md)
 truth-long: setup
 	HYPOTHESIS_PROFILE=long nice -n 19 $(PY) -m pytest -q tests/unit/test_budget_truth.py
+
+# the resource-bounds soak: 10 minutes, 1M users / 10M sessions through a worker and a sink,
+# RSS plotted into loadtest/results/soak-*/ (loadtest/soak.py; results in tests/faults/README.md)
+soak: setup
+	$(PY) -m loadtest.soak --minutes 10
 
 bench-producer: setup
 	$(PY) -m loadtest.bench_producer

@@ -203,7 +203,7 @@ def count_rows(settings: Settings) -> tuple[int, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--rate", type=int, default=2_000, help="events per second")
+    parser.add_argument("--rate", type=int, default=3_000, help="events per second")
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--sessions", type=int, default=10_000_000)
     parser.add_argument("--sample-s", type=float, default=5.0)
@@ -271,6 +271,7 @@ def main() -> int:
                 )
             time.sleep(0.01)
         producer.flush(60)
+        del producer  # before the stack goes down (it would log its reconnects)
         # the backlog drains, then nothing may be missing
         deadline = time.monotonic() + 120
         rows = sessions_seen = 0
