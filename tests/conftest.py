@@ -122,9 +122,10 @@ class TestStack:
 
     def stop(self, keep_home: bool) -> None:
         s = self.settings
+        fast = None if keep_home else _DISCARD_STOP_S
         if self.clickhouse_started:
             if s.clickhouse_is_local:
-                LocalClickHouse(s).down(timeout=None if keep_home else _DISCARD_STOP_S)
+                LocalClickHouse(s).down(timeout=fast)
             else:
                 with contextlib.suppress(Exception):
                     client = connect(s)
@@ -134,7 +135,7 @@ class TestStack:
                     client.close()
         if self.kafka_started:
             if s.kafka_is_local:
-                LocalKafka(s).down(timeout=30.0 if keep_home else _DISCARD_STOP_S)
+                LocalKafka(s).down(timeout=fast)
             elif self.topics:
                 with contextlib.suppress(Exception):
                     for future in (

@@ -548,8 +548,9 @@ class LocalKafka:
                 pass
             time.sleep(0.1)
 
-    def down(self, timeout: float = STOP_TIMEOUT_S) -> bool:
-        """Stop the broker (SIGTERM: controlled shutdown; SIGKILL after ``timeout`` seconds).
+    def down(self, timeout: float | None = None) -> bool:
+        """Stop the broker (SIGTERM: controlled shutdown; SIGKILL after ``timeout`` seconds,
+        STOP_TIMEOUT_S unless given).
 
         Returns False when it was not running.
         """
@@ -559,7 +560,7 @@ class LocalKafka:
             if pid is None:
                 self.pid_path.unlink(missing_ok=True)
                 return False
-            terminate(pid, str(self.config_path), timeout)
+            terminate(pid, str(self.config_path), STOP_TIMEOUT_S if timeout is None else timeout)
             self.pid_path.unlink(missing_ok=True)
             return True
 
