@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup setup-helm demo test lint fuzz soak truth-long bench-producer bench-sink bench-worker bench-queries clean
+.PHONY: setup setup-helm demo test lint faults fuzz soak truth-long bench-producer bench-sink bench-worker bench-queries clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,6 +37,13 @@ lint: setup setup-helm
 # two test processes (tests of one file stay together), each starting its own services
 test: lint
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+# the long fault-injection run: every fault kind, repeated, under load, checked against the
+# ledger (tests/faults/test_faults.py LONG; rows in $(FAULTS_RESULTS), table in
+# tests/faults/README.md). The suite runs the short version.
+FAULTS_RESULTS ?= loadtest/results/faults-$(shell date -u +%Y%m%dT%H%M%S)/runs.jsonl
+faults: setup
+	FAULTS=long FAULTS_RESULTS=$(FAULTS_RESULTS) $(PY) -m pytest -q tests/faults/test_faults.py
 
 # the long fuzz run: a million inputs per target (tests/fuzz/run.py; results in
 # tests/faults/README.md). FUZZ_RUNS=20000 for a quick one.

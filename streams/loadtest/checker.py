@@ -7,6 +7,9 @@ everything drained, ``check`` compares the real ClickHouse and the real topics w
 * every acked event is in ``token_events`` exactly once: ``lost`` (acked, absent),
   ``duplicated`` (extra copies), ``invented`` (rows of ids nobody sent); a failed send that
   still arrived (``unacked_present``) is allowed, as in Jepsen's "recovered" count;
+* no dedup key without its row (``orphan_keys``: an id in ``event_ids`` absent from
+  ``token_events``, OpenMeter's failure: a replay of that event would be dropped as a
+  duplicate and the spend lost for good);
 * every row is priced as the catalog prices the ledger's event (``mispriced``);
 * ``token_events``' sums and every rollup table, key by key, equal the ledger's sums;
 * each budget's total (per period, from ClickHouse) equals the ledger's; each alert's
@@ -237,11 +240,13 @@ class CheckResult:
     extra_alerts: int  # of a modelled kind, not implied by the ledger
     unmodelled_alerts: Mapping[str, int]  # kind -> distinct ids (not judged)
     samples: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    orphan_keys: int = 0  # ids in event_ids (the sink's dedup keys) without a row
 
     @property
     def ok(self) -> bool:
         return not (
             self.lost
+            or self.orphan_keys
             or self.duplicated
             or self.invented
             or self.mispriced
@@ -264,7 +269,8 @@ class CheckResult:
             f"{'OK' if self.ok else 'FAILED'}: {self.acked} acked events ({self.acked_messages} "
             f"acked sends, {self.unacked} failed sends, {self.unacked_present} of them stored); "
             f"ClickHouse {self.rows} rows; lost {self.lost}, duplicated {self.duplicated}, "
-            f"invented {self.invented}, mispriced {self.mispriced}; alerts expected "
+            f"invented {self.invented}, mispriced {self.mispriced}, orphan keys "
+            f"{self.orphan_keys}; alerts expected "
             f"{self.alerts_expected}, seen {self.alerts_seen}, missing {self.missing_alerts}, "
             f"duplicate {self.duplicate_alerts}, extra {self.extra_alerts}"
         )
@@ -354,6 +360,13 @@ def check(
         for eid, count, low, high, source in result.result_rows:
             stored[eid] = (int(count), int(low), int(high), str(source))
             rows += int(count)
+        orphans = [
+            str(r[0])
+            for r in client.query(
+                "SELECT DISTINCT toString(event_id) FROM event_ids "
+                "WHERE event_id NOT IN (SELECT event_id FROM token_events)"
+            ).result_rows
+        ]
         totals_got = _totals(client)
         rollups_got = {table: _rollup(client, table, spec) for table, spec in ROLLUPS.items()}
         budget_got = {
@@ -382,6 +395,7 @@ def check(
         ("duplicated", list(duplicated)),
         ("invented", invented),
         ("mispriced", mispriced),
+        ("orphan_keys", orphans),
     ):
         if ids:
             samples[name] = tuple(sorted(ids)[:SAMPLE])
@@ -478,6 +492,7 @@ def check(
         extra_alerts=len(extra),
         unmodelled_alerts=dict(unmodelled),
         samples=samples,
+        orphan_keys=len(orphans),
     )
 
 

@@ -121,19 +121,25 @@ class Procs:
         self.all: list[Proc] = []
         logs.mkdir(parents=True, exist_ok=True)
 
-    def _spawn(self, name: str, argv: list[str]) -> Proc:
+    def _spawn(self, name: str, argv: list[str], **extra: str) -> Proc:
         log = self.logs / f"{name}-{len(self.all)}.log"
         with open(log, "wb") as fh:
             popen = subprocess.Popen(
-                argv, env=env(self.settings, **self.extra), stdout=fh, stderr=subprocess.STDOUT
+                argv,
+                env=env(self.settings, **{**self.extra, **extra}),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
             )
         proc = Proc(name, popen, log)
         self.all.append(proc)
         return proc
 
-    def start(self, command: str) -> Proc:
+    def start(self, command: str, **extra: str) -> Proc:
+        """``extra``: SPENDSTREAM_* of this process only (without the prefix)."""
         return self._spawn(
-            command, [sys.executable, "-c", "from streams.cli import main; main()", command]
+            command,
+            [sys.executable, "-c", "from streams.cli import main; main()", command],
+            **extra,
         )
 
     def load(self, ledger: Path, rate: float, count: int, seed: int = 1, prefix: str = "f") -> Proc:

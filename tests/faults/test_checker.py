@@ -151,11 +151,48 @@ def test_checker_counts_each_planted_fault(stack_settings: Settings, tmp_path: P
             client.close()
         faulty = check(settings, ledger)
         assert (faulty.lost, faulty.duplicated, faulty.invented, faulty.mispriced) == (1, 1, 1, 1)
+        assert faulty.orphan_keys == 1  # the deleted row's dedup key is still there
         assert (faulty.duplicate_alerts, faulty.extra_alerts) == (1, 1)
         assert faulty.missing_alerts == len(expected) - 1
         assert "f-team-block" in faulty.enforcement_diffs
         assert not faulty.ok
         assert "lost 1, duplicated 1, invented 1, mispriced 1" in faulty.summary()
+    finally:
+        procs.stop_all()
+        drop(settings)
+
+
+def test_openmeter_case_a_dedup_key_stored_without_its_row(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    """OpenMeter PR #4902: a dedup key stored while ClickHouse did not have the row, so the
+    replay was dropped as a duplicate. Planted here (the key of an event not sent yet), the
+    sink drops that event and the checker counts it twice over: lost, and an orphan key."""
+    settings = run_settings(stack_settings)
+    planned = plan_events(COUNT, seed=3)
+    prepare(settings)
+    victim = planned[0]["event_id"]
+    client = connect(settings, database=settings.clickhouse_database)
+    try:
+        # the load stamps event_time when it sends: this hour, or the next one
+        client.command(
+            "INSERT INTO event_ids (hour, event_id, ingested_at) SELECT "
+            "toStartOfHour(now()) + INTERVAL number HOUR, {i:UUID}, now() FROM numbers(2)",
+            parameters={"i": victim},
+        )
+    finally:
+        client.close()
+    procs = Procs(settings, tmp_path / "logs")
+    ledger_path = tmp_path / "ledger.jsonl"
+    try:
+        procs.start("sink")
+        load = procs.load(ledger_path, rate=2000, count=COUNT, seed=3)
+        assert procs.wait(load, 60) == 0
+        wait_drained(settings, procs, workers=False)
+        result = check(settings, Ledger.load(ledger_path), alerts=False)
+        assert (result.lost, result.orphan_keys, result.duplicated) == (1, 1, 0), result.summary()
+        assert result.samples["lost"] == (victim,)
+        assert not result.ok
     finally:
         procs.stop_all()
         drop(settings)
