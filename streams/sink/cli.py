@@ -31,11 +31,10 @@ def sink_command(
     records: bool,
 ) -> None:
     """Load token events from Kafka into ClickHouse exactly once (run `migrate` first)."""
-    from prometheus_client import start_http_server
-
     from streams.clickhouse import check_reachable
     from streams.errors import LocalStackError
     from streams.settings import load_settings
+    from streams.sink.metrics import serve_metrics
     from streams.sink.records import RecordLoader
     from streams.sink.runner import Sink
     from streams.topics import ensure_topics, standard_topics
@@ -52,7 +51,7 @@ def sink_command(
         wanted |= {settings.topic_budgets, settings.topic_alerts}
     ensure_topics(settings, [s for s in standard_topics(settings) if s.name in wanted])
     if settings.metrics_port:
-        start_http_server(settings.metrics_port)
+        serve_metrics(settings.metrics_port, settings.metrics_host)
     while True:  # ClickHouse down at start: wait for it, as the running sink does
         try:
             check_reachable(settings, timeout=30)

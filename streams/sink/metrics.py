@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from typing import Any
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
 
 
 class SinkMetrics:
@@ -60,3 +69,12 @@ class SinkMetrics:
             "1 while consumption is paused (ClickHouse behind)",
             registry=registry,
         )
+
+
+def serve_metrics(port: int, host: str, registry: CollectorRegistry | None = None) -> Any:
+    """Serve ``registry`` on ``host:port`` (SPENDSTREAM_METRICS_HOST, loopback by default: the
+    Helm chart sets 0.0.0.0 for the cluster's scrapers); the server, for ``shutdown()``."""
+    server, _thread = start_http_server(
+        port, addr=host, registry=REGISTRY if registry is None else registry
+    )
+    return server

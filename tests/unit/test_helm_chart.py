@@ -433,6 +433,9 @@ def test_probes_use_endpoints_that_exist(scenarios: dict[str, list[dict[str, Any
             if container["name"] == "sink":
                 # prometheus_client's server on SPENDSTREAM_METRICS_PORT is the sink's endpoint
                 assert ports == {"metrics": int(metrics_port)}
+                env = {v["name"]: v.get("value") for v in container["env"]}
+                # the application binds loopback by default: the chart opens it to the pod IP
+                assert env["SPENDSTREAM_METRICS_HOST"] == "0.0.0.0"
                 assert container["livenessProbe"]["httpGet"]["path"] == "/metrics"
                 annotations = doc["spec"]["template"]["metadata"]["annotations"]
                 assert annotations["prometheus.io/scrape"] == "true"
@@ -463,6 +466,8 @@ def test_sink_without_metrics_has_no_probe_or_service(helm: str) -> None:
     )
     sink = named(docs, "Deployment", "-sink")["spec"]["template"]
     assert "livenessProbe" not in sink["spec"]["containers"][0]
+    env = {v["name"] for v in sink["spec"]["containers"][0]["env"]}
+    assert "SPENDSTREAM_METRICS_HOST" not in env
     assert "prometheus.io/scrape" not in sink["metadata"]["annotations"]
     assert not of_kind(docs, "Service") and not of_kind(docs, "ServiceMonitor")
     assert named(docs, "ConfigMap", "spendstream")["data"]["SPENDSTREAM_METRICS_PORT"] == "0"
