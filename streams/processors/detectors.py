@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import fractions
-import itertools
 from collections.abc import Sequence
 from typing import Final
 
@@ -81,12 +80,16 @@ class RunawayRules:
 
     max_cost_nanos: int = 25 * 1_000_000_000  # $25 in one session
     max_turns: int = 200
-    #: growth: per-turn context (input + cache read + cache writes) grew on each of the last
-    #: ``growth_turns`` turns, by ``growth_factor`` overall, above ``growth_min_context``.
+    #: growth sustained over turns: the per-turn context (the prompt: input + cache read +
+    #: cache writes) grew on every one of at least ``growth_turns`` consecutive turns (the
+    #: growth run), to ``growth_factor`` times where the run began and at least
+    #: ``growth_min_context``; one prompt, however large, is not growth (a session whose last
+    #: prompt alone is 240k tokens is not flagged; one that grows for 120 turns is)
     growth_turns: int = 10
     growth_factor: float = 3.0
     growth_min_context: int = 100_000
-    #: sustained, not one jump: no single turn may add more than this share of the growth
+    #: sustained, not one jump: no single turn of the run may add more than this share of
+    #: the run's growth
     growth_max_step_share: float = 0.5
 
 
@@ -102,6 +105,7 @@ class SessionState:
         "last_time",
         "org_id",
         "recent",
+        "run",
         "team_id",
         "turns",
         "user_id",
@@ -114,7 +118,9 @@ class SessionState:
         self.cost = 0
         self.turns = 0
         self.last_time = 0
-        self.recent: list[int] = []  # per-turn context sizes, newest last
+        self.recent: list[int] = []  # the last per-turn context sizes, newest last
+        #: the growth run: [context it began at, turns it grew, largest one-turn step]
+        self.run: list[int] = [0, 0, 0]
         self.alerted: list[str] = []
 
     def to_list(self) -> list[object]:
@@ -127,6 +133,7 @@ class SessionState:
             self.last_time,
             self.recent,
             self.alerted,
+            self.run,
         ]
 
     @classmethod
@@ -137,7 +144,26 @@ class SessionState:
         state.last_time = int(raw[5])  # type: ignore[call-overload]
         state.recent = list(raw[6])  # type: ignore[call-overload]
         state.alerted = list(raw[7])  # type: ignore[call-overload]
+        if len(raw) > 8:
+            state.run = [int(x) for x in raw[8]]  # type: ignore[attr-defined]
+        else:  # a checkpoint from before the run was kept: the run within ``recent``
+            previous: int | None = None
+            for context in state.recent:
+                grow_run(state.run, context, previous)
+                previous = context
         return state
+
+
+def grow_run(run: list[int], context: int, previous: int | None) -> None:
+    """Extend the growth run ``[start, turns, max step]`` by one turn's ``context`` (after
+    ``previous``, None: the session's first turn); a turn that does not grow starts a new run."""
+    if previous is not None and context > previous:
+        run[1] += 1
+        step = context - previous
+        if step > run[2]:
+            run[2] = step
+    else:
+        run[0], run[1], run[2] = context, 0, 0
 
 
 def observe_turn(
@@ -149,6 +175,7 @@ def observe_turn(
     if event_time > state.last_time:
         state.last_time = event_time
     recent = state.recent
+    grow_run(state.run, context_tokens, recent[-1] if recent else None)
     recent.append(context_tokens)
     keep = rules.growth_turns + 1
     if len(recent) > keep:
@@ -163,26 +190,22 @@ def runaway_reasons(state: SessionState, rules: RunawayRules) -> list[str]:
         found.append("cost")
     if rules.max_turns and state.turns > rules.max_turns:
         found.append("turns")
-    recent = state.recent
-    if rules.growth_turns and len(recent) == rules.growth_turns + 1 and is_growing(recent, rules):
+    if rules.growth_turns and state.recent and is_growing(state.run, state.recent[-1], rules):
         found.append("context_growth")
     return [r for r in found if r not in state.alerted]
 
 
-def is_growing(contexts: Sequence[int], rules: RunawayRules) -> bool:
-    """Sustained context growth: every turn re-sent more context than the one before, by the
-    factor overall, ending above the minimum, and no single turn added more than
-    ``growth_max_step_share`` of the growth (one huge prompt after small ones is not a
-    session growing turn by turn)."""
-    if contexts[-1] < rules.growth_min_context or contexts[0] <= 0:
+def is_growing(run: Sequence[int], last: int, rules: RunawayRules) -> bool:
+    """Sustained context growth: the growth run ``[start, turns, max step]`` ending at
+    ``last`` grew on at least ``growth_turns`` turns, by the factor, to at least the minimum,
+    and no single turn added more than ``growth_max_step_share`` of the growth (one huge
+    prompt after small ones is not a session growing turn by turn)."""
+    start, turns, max_step = run
+    if turns < rules.growth_turns or last < rules.growth_min_context or start <= 0:
         return False
-    steps = [b - a for a, b in itertools.pairwise(contexts)]
-    if any(step <= 0 for step in steps):
+    if max_step > (last - start) * rules.growth_max_step_share:
         return False
-    growth = contexts[-1] - contexts[0]
-    if max(steps) > growth * rules.growth_max_step_share:
-        return False
-    return contexts[-1] >= contexts[0] * rules.growth_factor
+    return last >= start * rules.growth_factor
 
 
 # ------------------------------------------------------------------------------ spend spikes

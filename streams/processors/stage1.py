@@ -606,6 +606,13 @@ class PartitionAggregator:
                     state.last_time = t
                 recent = state.recent
                 context = prompt
+                run = state.run
+                if recent and context > recent[-1]:  # detectors.grow_run, inlined
+                    run[1] += 1
+                    if context - recent[-1] > run[2]:
+                        run[2] = context - recent[-1]
+                else:
+                    run[0], run[1], run[2] = context, 0, 0
                 recent.append(context)
                 if len(recent) > growth_keep:
                     del recent[0]
@@ -641,7 +648,7 @@ class PartitionAggregator:
 
     def _count_old(self, item: list[Any], out: Stage1Output, now: int) -> None:
         """One event older than the memory window, known not to be a duplicate: its budget
-        periods still held, a late rollup row, its session's cost and turns."""
+        periods still held and a late rollup row (not its session: see below)."""
         offset, ts, key_bytes, value = item
         event = self.decode(value)
         price = self.catalog.price(event)
@@ -687,17 +694,8 @@ class PartitionAggregator:
         row = [1, int(event["status"] != "ok"), int(price.source == "unpriced")]
         row += [event[f] for f in ev_mod.TOKEN_FIELDS] + [cost]
         out.late_rows.append((t - t % MINUTE_MS, key, row, offset))
-        session = event.get("session_id")
-        if session is not None:
-            org = event["org_id"]
-            skey = f"{org}\x1f{session}"
-            state = self.sessions.get(skey)
-            if state is None:
-                state = self.sessions[skey] = SessionState(org, event["team_id"], event["user_id"])
-            state.cost += cost
-            state.turns += 1
-            state.last_time = max(state.last_time, t)
-            self._check_runaway(session, state, event["event_id"], t, now, self.clock, out.alerts)
+        # its session is left alone: the runaway rules judge a session's live turns, and an
+        # event this old would bring back a session that went idle (or add a turn out of order)
         out.counted += 1
 
     def tick(self, now: int, caught_up: bool) -> Stage1Output:

@@ -86,6 +86,33 @@ def test_session_state_round_trip() -> None:
     assert again.to_list() == state.to_list()
 
 
+def test_context_growth_is_a_run_of_growing_turns_not_the_last_ten() -> None:
+    """Growth sustained over 120 turns (2k -> 240k, 2k a turn: never 3x within 10 turns) is
+    flagged; the same turns with one drop in the middle start a new run; one jump is not."""
+    rules = RunawayRules(max_cost_nanos=0, max_turns=0)
+    state = SessionState("o", "t", "u")
+    found = [observe_turn(state, 1, 2_000 * (i + 1), i, rules) for i in range(120)]
+    first = next(i for i, reasons in enumerate(found) if reasons)
+    assert found[first] == ["context_growth"] and 2_000 * (first + 1) >= 100_000
+    dropped = SessionState("o", "t", "u")
+    contexts = [2_000 * (i + 1) for i in range(45)] + [40_000 + 12_000 * i for i in range(10)]
+    assert [r for i, c in enumerate(contexts) for r in observe_turn(dropped, 1, c, i, rules)] == []
+    assert dropped.run == [40_000, 9, 12_000]
+    assert observe_turn(dropped, 1, 160_000, 99, rules) == ["context_growth"]
+    jump = SessionState("o", "t", "u")
+    contexts = [2_000 + 10 * i for i in range(30)] + [240_000]
+    assert [r for i, c in enumerate(contexts) for r in observe_turn(jump, 1, c, i, rules)] == []
+
+
+def test_a_checkpoint_from_before_the_run_restores_the_run_from_recent() -> None:
+    state = SessionState("o", "t", "u")
+    for i, context in enumerate([50, 10, 20, 40, 80]):
+        observe_turn(state, 1, context, i, RunawayRules())
+    old = state.to_list()[:8]
+    again = SessionState.from_list(old)
+    assert again.run == state.run == [10, 3, 40]
+
+
 def test_spike_needs_history_floor_and_factor() -> None:
     rules = SpikeRules(factor=5.0, min_history_minutes=3, min_spend_nanos=100)
     assert spike_ratio(1000, [100, 100], rules) is None  # too little history

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import uuid
 import zlib
@@ -25,18 +24,10 @@ from streams.processors.stage2 import (
     pack_partials,
 )
 from streams.serde import AvroCodec
+from tests.unit.stage_helpers import CODEC, Rec, packs_of
 
-CODEC = AvroCodec("token_event")
 T0 = 1_780_000_000_000  # 2026-05-28T20:26:40Z
 MIN = 60_000
-
-
-@dataclasses.dataclass
-class Rec:
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: int | None = None  # the broker's append time; None: the processor's clock
 
 
 def event(**fields: Any) -> dict[str, Any]:
@@ -160,19 +151,8 @@ class Pipeline:
 
     def feed(self, partition: int, out: Stage1Output) -> None:
         self.alerts.extend(out.alerts)
-        packs = pack_partials(
-            partition,
-            out.seq,
-            out.clock,
-            out.budget_partials,
-            out.org_partials,
-            out.announces,
-            self.partitions,
-            everywhere=True,
-            hold_clock=out.hold_clock,
-        )
         messages = []
-        for pack in packs.values():
+        for pack in packs_of(partition, out, self.partitions):
             messages.append((self.offset, pack))
             self.offset += 1
         self.collect(self.totals.process(messages))
@@ -428,6 +408,20 @@ def test_runaway_session_alert_once() -> None:
         ("runaway_session", "cost")
     ]
     assert out.alerts[0]["session_id"] == "s1"
+
+
+def test_an_event_older_than_the_id_memory_leaves_its_session_alone() -> None:
+    """An event found by lookup (hours late) counts in its budgets, but does not bring back
+    an idle session nor add a turn to it: the runaway rules judge a session's live turns."""
+    agg = aggregator([ORG], now=T0 + 3 * 3_600_000)
+    recent = [event(event_time=T0 + 3 * 3_600_000 - 1_000)]
+    agg.process(records(recent))
+    old = event(session_id="s-old", turn=1, event_time=T0, cost_nanos=30 * 10**9)
+    out = agg.process(records([old], start=1, arrival=T0 + 3 * 3_600_000))
+    assert [x.offset for x in out.lookups] == [1]
+    out = agg.resolve({1: True})  # the sink stored this very record: not a duplicate
+    assert out.counted == 1 and out.alerts == []
+    assert agg.sessions == {}
 
 
 def test_checkpoint_round_trip_and_torn_write() -> None:

@@ -31,11 +31,9 @@ from streams.processors.stage2 import (
     BudgetTotals,
     Stage2Config,
     Stage2Output,
-    pack_partials,
 )
-from streams.serde import AvroCodec
+from tests.unit.stage_helpers import CODEC, Rec, packs_of
 
-CODEC = AvroCodec("token_event")
 CATALOG = default_catalog()
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
@@ -43,14 +41,6 @@ _dec = msgspec.msgpack.Decoder()
 
 def price(event: Mapping[str, Any]) -> int:
     return CATALOG.price(event).cost_nanos
-
-
-@dataclasses.dataclass
-class Rec:
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: int | None
 
 
 # ---------------------------------------------------------------------------- operations
@@ -143,9 +133,13 @@ class Harness:
         self.twice: list[str] = []
         self.seen: dict[object, set[str]] = {}
         self.threshold_alerts: dict[str, dict[str, Any]] = {}
-        #: every alert id published -> its kind
+        #: every alert id published -> its kind, and the alert
         self.kinds: dict[str, str] = {}
+        self.alerts: dict[str, dict[str, Any]] = {}
         self.blocks: dict[str, bytes | None] = {}
+        #: dead letters of stage 1 as (partition, offset, kind), lookups stage 1 asked
+        self.dead: list[tuple[int, int, str]] = []
+        self.asked: list[Lookup] = []
 
     def _aggregator(self, p: int) -> PartitionAggregator:
         return PartitionAggregator(
@@ -232,19 +226,10 @@ class Harness:
     def feed(self, p: int, out: Stage1Output) -> None:
         self.note_alerts(("s1", p, id(self.aggs[p])), out.alerts)
         self.lookups.extend(out.lookups)
-        packs = pack_partials(
-            p,
-            out.seq,
-            out.clock,
-            out.budget_partials,
-            out.org_partials,
-            out.announces,
-            1,
-            everywhere=True,
-            hold_clock=out.hold_clock,
-        )
+        self.asked.extend(out.lookups)
+        self.dead.extend((p, d.record.offset, d.kind) for d in out.dead)
         messages = []
-        for pack in packs.values():
+        for pack in packs_of(p, out, 1):
             messages.append((len(self.partials), pack))
             self.partials.append(_dec.decode(_enc.encode(pack)))
         self.collect(self.totals.process(messages))
@@ -266,6 +251,7 @@ class Harness:
                 continue  # a replay after a crash: the alert log keeps it from going out again
             self.published.add(aid)
             self.kinds[aid] = alert["kind"]
+            self.alerts[aid] = alert
             if alert["kind"] == "threshold_crossed":
                 self.threshold_alerts[aid] = alert
 
