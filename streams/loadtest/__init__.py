@@ -5,3 +5,24 @@ tests compare the worker with. The fault runs' ground-truth checker is
 ``streams.loadtest.checker`` (a ledger of acked events, ``check``), their processes
 ``streams.loadtest.procs`` and their load ``streams.loadtest.load``.
 """
+
+from streams.loadtest.checker import CheckResult, Ledger, LedgerWriter, check
+from streams.loadtest.display import DisplaySnapshot, LiveDisplay
+from streams.loadtest.load import LedgerProducer, plan_events
+from streams.loadtest.procs import Procs, drop, env, prepare, run_settings
+
+__all__ = [
+    "CheckResult",
+    "DisplaySnapshot",
+    "Ledger",
+    "LedgerProducer",
+    "LedgerWriter",
+    "LiveDisplay",
+    "Procs",
+    "check",
+    "drop",
+    "env",
+    "plan_events",
+    "prepare",
+    "run_settings",
+]

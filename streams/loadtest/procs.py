@@ -112,7 +112,13 @@ class Proc:
 
 
 class Procs:
-    """The run's processes; ``start('worker'|'sink')``, ``load(...)``, signals, ``stop_all``."""
+    """The run's processes; ``start('worker'|'sink')``, ``load(...)``, signals, ``stop_all``.
+
+    ``start_new_session``: each process in its own session, so a terminal's Ctrl-C reaches
+    only the caller, which then stops them (``stop_all``) in order.
+    """
+
+    start_new_session = False
 
     def __init__(self, settings: Settings, logs: Path, **extra: str) -> None:
         self.settings = settings
@@ -129,6 +135,7 @@ class Procs:
                 env=env(self.settings, **{**self.extra, **extra}),
                 stdout=fh,
                 stderr=subprocess.STDOUT,
+                start_new_session=self.start_new_session,
             )
         proc = Proc(name, popen, log)
         self.all.append(proc)
