@@ -200,7 +200,17 @@ class Settings:
     # The ClickHouse sink.
     sink_group: str = _field("SINK_GROUP", _str, "spendstream-sink", "sink consumer group id")
     sink_instance_id: str | None = _field(
-        "SINK_INSTANCE_ID", _str, None, "sink: static group member id (restart without rebalance)"
+        "SINK_INSTANCE_ID",
+        _str,
+        None,
+        "sink: static group member id (a restart keeps its partitions); unset: "
+        "<hostname>-sink-<n>, n the lowest slot free on this host",
+    )
+    sink_session_timeout_s: float = _field(
+        "SINK_SESSION_TIMEOUT_S",
+        _positive_float,
+        10.0,
+        "sink: a member silent this long loses its partitions to the others",
     )
     sink_batch_rows: int = _field(
         "SINK_BATCH_ROWS", _positive_int, 100_000, "sink: insert when this many rows are buffered"

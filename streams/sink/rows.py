@@ -103,10 +103,11 @@ class Block:
             zip(self.frame["hour"].to_list(), self.frame["event_id"].to_list(), strict=True)
         )
 
-    def lookup_tsv(self) -> bytes:
-        """The keys as TSV (hour, event_id), the lookup's external table."""
+    def lookup_tsv(self, rows: Sequence[int] | None = None) -> bytes:
+        """The keys (of ``rows``, else all) as TSV (hour, event_id), the lookup's external table."""
+        frame = self.frame if rows is None or len(rows) == len(self) else self.frame[list(rows)]
         return (
-            self.frame.select("hour", "event_id")
+            frame.select("hour", "event_id")
             .write_csv(separator="\t", include_header=False)
             .encode()
         )

@@ -14,10 +14,15 @@ committed block by block in consumption order.
 from __future__ import annotations
 
 import collections
+import dataclasses
+import fcntl
+import hashlib
 import logging
+import socket
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import polars as pl
@@ -38,7 +43,8 @@ from streams.pricing import SOURCE_UNPRICED, PriceCatalog, default_catalog
 from streams.serde import AvroCodec
 from streams.serde.columnar import ColumnarDecoder
 from streams.settings import Settings
-from streams.sink import frames
+from streams.sink import failures, frames
+from streams.sink.failures import Failure
 from streams.sink.metrics import SinkMetrics
 from streams.sink.rows import Block, Buffer
 from streams.sink.store import EventStore
@@ -53,9 +59,16 @@ MAX_BACKOFF_SECONDS = 5.0
 #: blocks being written at once: the next block's lookup and Arrow conversion overlap the
 #: insert before it (memory: this many blocks plus the one filling)
 MAX_IN_FLIGHT = 2
+#: part of the drain bound kept for cancelling inserts still in flight (KILL QUERY ... SYNC)
+KILL_RESERVE_SECONDS = 5.0
+#: dead-letter kind of rows ClickHouse refused (the reason is ClickHouse's own)
+REJECTED = "rejected"
 
 
-def consumer_config(settings: Settings) -> dict[str, Any]:
+def consumer_config(settings: Settings, instance_id: str | None = None) -> dict[str, Any]:
+    """The sink's consumer: a static member (``instance_id``) with a short session, so that a
+    restarted sink gets its partitions back at once and a dead one loses them in seconds."""
+    session_ms = int(settings.sink_session_timeout_s * 1000)
     config: dict[str, Any] = {
         **settings.kafka_client_config(),
         "group.id": settings.sink_group,
@@ -64,10 +77,42 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         # librdkafka's prefetch is the only other buffer: bound it too.
         "queued.max.messages.kbytes": 32_768,
+        "session.timeout.ms": session_ms,
+        "heartbeat.interval.ms": max(500, session_ms // 4),
     }
-    if settings.sink_instance_id:
-        config["group.instance.id"] = settings.sink_instance_id
+    instance_id = instance_id or settings.sink_instance_id
+    if instance_id:
+        config["group.instance.id"] = instance_id
     return config
+
+
+class InstanceSlot:
+    """A stable static-membership id for a sink whose settings name none:
+    ``<hostname>-sink-<n>``, n the lowest slot of this host and group that no running sink
+    holds (an flock the kernel releases when the process dies). A sink restarted after a crash
+    gets the same id, so the broker hands it the same partitions without a rebalance; two sinks
+    on one host get different ids. In Kubernetes the hostname is the pod name."""
+
+    def __init__(self, settings: Settings) -> None:
+        scope = hashlib.blake2b(settings.sink_group.encode(), digest_size=6).hexdigest()
+        folder = settings.home / "sink-slots" / scope
+        folder.mkdir(parents=True, exist_ok=True)
+        host = socket.gethostname().split(".")[0] or "localhost"
+        n = 0
+        while True:
+            handle = open(folder / f"{n}.lock", "a")  # noqa: SIM115 - held for the sink's life
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                n += 1
+                continue
+            break
+        self._handle = handle
+        self.instance_id = f"{host}-sink-{n}"
+
+    def release(self) -> None:
+        self._handle.close()
 
 
 def deadletter_config(settings: Settings) -> dict[str, Any]:
@@ -80,13 +125,31 @@ def deadletter_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+class _Refused(Exception):
+    """ClickHouse refused the data of one insert (a bad-data error code): bisect it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclasses.dataclass
+class Written:
+    """What became of one block: rows inserted, and rows ClickHouse refused (dead-lettered)."""
+
+    inserted: int = 0
+    rejected: int = 0
+
+
 class _Job:
     """One block on the writer thread (a daemon: a drain that times out does not wait for it)."""
 
-    def __init__(self, block: Block, work: Callable[[Block, threading.Event], int | None]) -> None:
+    def __init__(
+        self, block: Block, work: Callable[[Block, threading.Event], Written | None]
+    ) -> None:
         self.block = block
         self.cancel = threading.Event()
-        self.inserted: int | None = None
+        self.inserted: Written | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
         self._work = work
@@ -121,7 +184,21 @@ class Sink:
         self.pricer = frames.FramePricer(self.catalog)
         self.metrics = metrics or SinkMetrics()
         self.store = store or EventStore.connect(settings)
-        self.consumer = Consumer(consumer_config(settings), logger=log)
+        # kills and checks during a drain: short timeouts, so a stalled server cannot hold the
+        # drain past its bound (the writer's client waits up to 60 s for an insert)
+        self.control = EventStore.connect(settings, timeout=_kill_reserve(settings))
+        # Every insert's query_id says whose it is and which partitions its rows came from:
+        # ``<prefix><partitions>/<sink id>/<n>``. A drain kills this sink's own; a new owner
+        # kills another sink's still running on its partitions before its lookup (fence).
+        scope = hashlib.blake2b(f"{settings.sink_group}/{self.topic}".encode(), digest_size=6)
+        self.query_prefix = f"spendstream-sink/{scope.hexdigest()}/"
+        self.sink_id = uuid.uuid4().hex[:12]
+        self._queries = 0
+        self._query_lock = threading.Lock()
+        self._rejects: Consumer | None = None
+        self.slot = None if settings.sink_instance_id else InstanceSlot(settings)
+        self.instance_id = self.slot.instance_id if self.slot else settings.sink_instance_id
+        self.consumer = Consumer(consumer_config(settings, self.instance_id), logger=log)
         self.deadletters = Producer(deadletter_config(settings), logger=log)
         self.buffer = Buffer()
         self._jobs: collections.deque[_Job] = collections.deque()
@@ -140,13 +217,19 @@ class Sink:
 
     def run(self) -> None:
         """Consume until ``stop()``; then drain within ``sink_drain_seconds`` and close."""
-        self.consumer.subscribe(
-            [self.topic],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )
         try:
+            self._retry(
+                lambda _q: self.store.check_dedup(f"{self.sink_id}-{uuid.uuid4().hex}"),
+                None,
+                self._stop,
+                "dedup check",
+            )
+            self.consumer.subscribe(
+                [self.topic],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
             while not self._stop.is_set():
                 self.step()
             self._drain(self.settings.sink_drain_seconds)
@@ -158,7 +241,12 @@ class Sink:
         finally:
             self.consumer.close()
             self.deadletters.flush(5)
+            if self._rejects is not None:
+                self._rejects.close()
             self.store.close()
+            self.control.close()
+            if self.slot is not None:
+                self.slot.release()
 
     def step(self) -> None:
         """One round: reap a finished insert, consume a batch, maybe hand the buffer over."""
@@ -332,39 +420,164 @@ class Sink:
 
     # -- writing (writer thread) ---------------------------------------------------------------
 
-    def _write(self, block: Block, cancel: threading.Event) -> int | None:
-        """Lookup, filter, insert; the number of rows inserted, None when cancelled."""
-        keys = block.lookup_tsv()
+    def _write(self, block: Block, cancel: threading.Event) -> Written | None:
+        """Fence, lookup, filter, insert; what was written, None when cancelled."""
+        written = Written()
+        parts = sorted(block.ranges)
+        if not self._retry(lambda _q: self._fence(parts), None, cancel, "fence"):
+            return None
+        keep = self._absent(block, list(range(len(block))), cancel)
+        if keep is None:
+            return None
+        if keep and not self._insert(block, keep, cancel, written):
+            return None
+        return written
+
+    def _absent(self, block: Block, rows: list[int], cancel: threading.Event) -> list[int] | None:
+        """The positions among ``rows`` whose event_id ClickHouse does not hold yet."""
+        keys = block.lookup_tsv(rows)
         existing = self._retry(
-            lambda: self.store.existing(keys), self.metrics.lookup_seconds, cancel
+            lambda _q: self.store.existing(keys), self.metrics.lookup_seconds, cancel, "lookup"
         )
         if existing is None:
             return None
-        keep = block.keep(existing)
-        if not keep:
-            return 0
+        absent = set(block.keep(existing))
+        return [i for i in rows if i in absent]
+
+    def _insert(
+        self, block: Block, keep: list[int], cancel: threading.Event, written: Written
+    ) -> bool:
+        """Insert rows ``keep``; rows ClickHouse refuses are found by bisection and
+        dead-lettered, the rest stored. False when cancelled."""
         table = block.to_arrow(keep)
         token = block.token(self.topic, keep)
-        return self._retry(
-            lambda: self.store.insert(table, token), self.metrics.insert_seconds, cancel
+        parts = ".".join(str(p) for p in sorted(block.ranges))
+        try:
+            inserted = self._retry(
+                lambda qid: self.store.insert(table, token, qid),
+                self.metrics.insert_seconds,
+                cancel,
+                "insert",
+                refusable=True,
+                parts=parts,
+            )
+        except _Refused as exc:
+            if len(keep) == 1:
+                self._reject(block, keep[0], exc.reason)
+                written.rejected += 1
+                return True
+            # A refused insert of several internal blocks may have stored the first ones:
+            # each half asks again which of its ids are in.
+            half = len(keep) // 2
+            for part in (keep[:half], keep[half:]):
+                absent = self._absent(block, part, cancel)
+                if absent is None:
+                    return False
+                if absent and not self._insert(block, absent, cancel, written):
+                    return False
+            return True
+        if inserted is None:
+            return False
+        written.inserted += inserted
+        return True
+
+    def _reject(self, block: Block, row: int, reason: str) -> None:
+        """Dead-letter the message of ``row`` (read again from Kafka: the value and key as
+        they were), kind ``rejected`` with ClickHouse's reason."""
+        partition = int(block.frame["kafka_partition"][row])
+        offset = int(block.frame["kafka_offset"][row])
+        log.warning("clickhouse refused the row at %s/%s: %s", partition, offset, reason)
+        if self._rejects is None:
+            self._rejects = Consumer(
+                {
+                    **self.settings.kafka_client_config(),
+                    "group.id": f"{self.settings.sink_group}-rejects",
+                    "enable.auto.commit": False,
+                },
+                logger=log,
+            )
+        self._rejects.assign([TopicPartition(self.topic, partition, offset)])
+        deadline = time.monotonic() + 30
+        while True:
+            message = self._rejects.poll(1.0)
+            if message is not None and message.error() is None and message.offset() == offset:
+                break
+            if time.monotonic() > deadline:
+                raise SinkError(f"could not read back the refused message {partition}/{offset}")
+        headers: list[tuple[str, str | bytes | None]] = list(
+            DeadLetter(REJECTED, reason, "sink", self.topic, partition, offset).headers()
+        )
+        self.deadletters.produce(
+            self.settings.topic_deadletter,
+            value=message.value(),
+            key=message.key(),
+            headers=headers,
+            on_delivery=self._delivered,
         )
 
-    def _retry(self, call: Callable[[], T], latency: Any, cancel: threading.Event) -> T | None:
-        """``call()`` until it succeeds (backoff up to 5 s); None once cancelled."""
+    def _query_id(self, parts: str) -> str:
+        with self._query_lock:
+            self._queries += 1
+            return f"{self.query_prefix}{parts}/{self.sink_id}/{self._queries}"
+
+    def _fence(self, partitions: Sequence[int]) -> bool:
+        """Kill inserts of OTHER sinks still running on ``partitions`` (a previous owner that
+        died or stalled with an insert in flight) and wait until the server shows none: only
+        then may this sink's lookup ask which rows are in."""
+        wanted = set(partitions)
+        for _ in range(50):
+            foreign = [q for q in self.store.running(self.query_prefix) if self._foreign(q, wanted)]
+            if not foreign:
+                return True
+            log.warning("cancelling %d insert(s) of a previous owner: %s", len(foreign), foreign)
+            self.store.kill(foreign)
+        raise SinkError(f"inserts of a previous owner keep running: {foreign}")
+
+    def _foreign(self, query_id: str, partitions: set[int]) -> bool:
+        fields = query_id[len(self.query_prefix) :].split("/")
+        if len(fields) != 3 or fields[1] == self.sink_id:
+            return False
+        return bool(partitions & {int(p) for p in fields[0].split(".") if p.isdigit()})
+
+    def _retry(
+        self,
+        call: Callable[[str | None], T],
+        latency: Any,
+        cancel: threading.Event,
+        what: str,
+        *,
+        refusable: bool = False,
+        parts: str | None = None,
+    ) -> T | None:
+        """``call(query_id)`` until it succeeds, retrying transient failures only (backoff up
+        to 5 s); None once cancelled. Refused data raises _Refused (if ``refusable``), any
+        other failure SinkError: retrying cannot get past it."""
         delay = 0.1
         while not cancel.is_set():
             started = time.monotonic()
+            query_id = self._query_id(parts) if parts is not None else None
             try:
-                result = call()
+                result = call(query_id)
+            except SinkError:
+                raise
             except Exception as exc:
                 self.metrics.clickhouse_errors.inc()
+                kind = failures.classify(exc)
+                if kind is Failure.BAD_DATA and refusable:
+                    raise _Refused(failures.reason(exc)) from exc
+                if kind is not Failure.TRANSIENT:
+                    raise SinkError(
+                        f"ClickHouse refused the sink's {what} (not retried, it cannot get "
+                        f"better by itself): {failures.reason(exc)}"
+                    ) from exc
                 if time.monotonic() - self._last_error_log > 30:
                     self._last_error_log = time.monotonic()
-                    log.warning("clickhouse unavailable, retrying: %s", _short(exc))
+                    log.warning("clickhouse unavailable, retrying %s: %s", what, _short(exc))
                 cancel.wait(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
                 continue
-            latency.observe(time.monotonic() - started)
+            if latency is not None:
+                latency.observe(time.monotonic() - started)
             return result
         return None
 
@@ -375,6 +588,8 @@ class Sink:
         before it, so no commit ever passes a block that is not in ClickHouse."""
         while self._jobs and self._jobs[0].done.is_set():
             job = self._jobs.popleft()
+            if isinstance(job.error, SinkError):
+                raise job.error
             if job.error is not None:
                 raise SinkError(f"sink writer failed: {job.error!r}") from job.error
             if job.inserted is None:  # cancelled: nothing after it may be committed either
@@ -382,7 +597,7 @@ class Sink:
                 return
             self._commit(job.block, job.inserted)
 
-    def _commit(self, block: Block, inserted: int) -> None:
+    def _commit(self, block: Block, written: Written) -> None:
         if self.deadletters.flush(30) > 0 or self._delivery_errors:
             raise SinkError(f"dead-letter delivery failed: {self._delivery_errors[:3]}")
         offsets = [TopicPartition(self.topic, p, last + 1) for p, (_, last) in block.ranges.items()]
@@ -391,13 +606,16 @@ class Sink:
         except KafkaException as exc:
             # Typically a rebalance: the new owner re-reads these and the lookup drops them.
             log.warning("offset commit failed (rows are in, re-reads will be dropped): %s", exc)
-        dead = sum(block.dead.values())
+        inserted = written.inserted
+        dead = sum(block.dead.values()) + written.rejected
         self.metrics.rows_inserted.inc(inserted)
         self.metrics.messages.labels("inserted").inc(inserted)
         self.metrics.messages.labels("duplicate").inc(block.messages - dead - inserted)
         self.metrics.messages.labels("deadletter").inc(dead)
         for kind, count in block.dead.items():
             self.metrics.deadlettered.labels(kind).inc(count)
+        if written.rejected:
+            self.metrics.deadlettered.labels(REJECTED).inc(written.rejected)
 
     def _drain(self, timeout: float) -> None:
         """Finish the blocks in flight, then the buffer, within ``timeout``; else drop them.
@@ -407,12 +625,37 @@ class Sink:
         deadline = time.monotonic() + timeout
         if len(self.buffer):
             self._start(self.buffer.take())
-        finished = self._finish(deadline)
+        finished = self._finish(deadline - _kill_reserve(self.settings))
         if not finished:
             log.warning(
                 "drain timed out after %.0fs: uncommitted messages will be re-read", timeout
             )
+            self._cancel_in_flight(deadline)
         self._abandon()
+
+    def _cancel_in_flight(self, deadline: float) -> None:
+        """Stop the writers and kill this sink's inserts still running on the server, until
+        system.processes shows none (KILL QUERY ... SYNC): only then is it certain that no
+        insert of ours lands after the next owner's lookup. When the server does not answer
+        before ``deadline`` the partitions go anyway (the bound holds); the next owner then
+        kills what is left before its first lookup (``_fence``)."""
+        for job in self._jobs:
+            job.cancel.set()
+        mine = f"{self.query_prefix}"
+        while time.monotonic() < deadline:
+            try:
+                running = [q for q in self.control.running(mine) if f"/{self.sink_id}/" in q]
+                if not running:
+                    log.info("no insert of this sink is running any more")
+                    return
+                self.control.kill(running)
+            except Exception as exc:
+                log.warning("could not cancel inserts in flight: %s", _short(exc))
+                time.sleep(0.2)
+        log.error(
+            "inserts of this sink may still be running on ClickHouse (no answer within the "
+            "drain bound): the next owner of its partitions cancels them before its lookup"
+        )
 
     def _finish(self, deadline: float) -> bool:
         while self._jobs:
@@ -433,7 +676,7 @@ class Sink:
     # -- rebalances ----------------------------------------------------------------------------
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("assigned %s", [p.partition for p in partitions])
+        log.info("assigned %s (member %s)", [p.partition for p in partitions], self.instance_id)
         self._abandon()
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -457,6 +700,12 @@ class Sink:
                     self.metrics.lag.labels(str(tp.partition)).set(max(0, high - tp.offset))
         except KafkaException as exc:
             log.debug("lag not available: %s", exc)
+
+
+def _kill_reserve(settings: Settings) -> float:
+    """The end of the drain bound kept for cancelling inserts (also each control request's
+    timeout, so that a server that does not answer cannot hold the drain past its bound)."""
+    return min(KILL_RESERVE_SECONDS, settings.sink_drain_seconds / 2)
 
 
 def broker_time_ms(message: Message, default: int) -> int:

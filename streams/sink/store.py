@@ -12,6 +12,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 from clickhouse_connect.driver.external import ExternalData
 
 from streams.clickhouse import Target
+from streams.errors import SinkError
 from streams.settings import Settings
 
 
@@ -32,16 +33,30 @@ class EventStore:
         # optimize_on_insert=0: the views' GROUP BY already leaves one row per rollup key in a
         # block, so merging equal keys again at insert is wasted work (measured: about a fifth
         # of the insert's time with the seven views, see docs/performance.md).
-        self._insert_settings: dict[str, Any] = {"optimize_on_insert": 0}
+        # Dedup explicitly, in token_events AND in every view fed from it: the default of
+        # deduplicate_blocks_in_dependent_materialized_views was off in some 24.x-25.x
+        # releases, where a retried block was dropped from token_events but pushed again
+        # through every rollup. check_dedup() proves at start-up that the server does it.
+        self._insert_settings: dict[str, Any] = {
+            "optimize_on_insert": 0,
+            "insert_deduplicate": 1,
+            "deduplicate_blocks_in_dependent_materialized_views": 1,
+        }
         if target.cluster:
             # Distributed inserts must reach every shard before we commit offsets.
             self._insert_settings["distributed_foreground_insert"] = 1
 
     @classmethod
-    def connect(cls, settings: Settings) -> EventStore:
+    def connect(cls, settings: Settings, timeout: float = 60) -> EventStore:
+        """A store on its own client; ``timeout`` bounds each request (connect and answer)."""
         from streams.clickhouse import connect
 
-        client = connect(settings, send_receive_timeout=60, autogenerate_session_id=False)
+        client = connect(
+            settings,
+            send_receive_timeout=timeout,
+            connect_timeout=min(10.0, timeout),
+            autogenerate_session_id=False,
+        )
         return cls(client, Target.from_settings(settings))
 
     def existing(self, data: bytes) -> set[str]:
@@ -54,11 +69,60 @@ class EventStore:
         result = self.client.query(self._lookup_sql, external_data=batch)
         return {row[0] for row in result.result_rows}
 
-    def insert(self, table: pa.Table, token: str) -> int:
-        """Insert ``table`` under ``token`` (a repeat of the same token is a no-op); its rows."""
+    def insert(self, table: pa.Table, token: str, query_id: str | None = None) -> int:
+        """Insert ``table`` under ``token`` (a repeat of the same token is a no-op); its rows.
+
+        ``query_id`` names the request on the server, so that a drain can wait for it or
+        kill it (``running``, ``kill``)."""
         settings = {**self._insert_settings, "insert_deduplication_token": token}
+        if query_id is not None:
+            settings["query_id"] = query_id
         self.client.insert_arrow(self.events_table, table, settings=settings)
         return int(table.num_rows)
+
+    def check_dedup(self, probe_id: str) -> None:
+        """Insert one probe row twice under one dedup token, as a retry does, and count it in
+        the probe table and in the view fed from it (migration 0008); SinkError unless both
+        hold it once: on such a server every retried block would count twice in the rollups.
+        """
+        # local tables also on a cluster: the check is about the server the sink talks to
+        probe = f"`{self.target.database}`.`sink_dedup_probe`"
+        view = f"`{self.target.database}`.`sink_dedup_probe_view`"
+        settings = {**self._insert_settings, "insert_deduplication_token": probe_id}
+        for _ in range(2):
+            self.client.insert(probe, [[probe_id]], column_names=["probe_id"], settings=settings)
+        counts = self.client.query(
+            f"SELECT (SELECT count() FROM {probe} WHERE probe_id = {{p:String}}), "
+            f"(SELECT sum(rows) FROM {view} WHERE probe_id = {{p:String}})",
+            parameters={"p": probe_id},
+        ).result_rows[0]
+        stored, viewed = int(counts[0]), int(counts[1])
+        if (stored, viewed) != (1, 1):
+            raise SinkError(
+                "ClickHouse does not deduplicate a retried insert through materialized views "
+                f"(a block inserted twice under one token: {stored} row(s) in the table, "
+                f"{viewed} in its view; 1 and 1 expected): retried blocks would count twice "
+                "in every rollup. Allow the settings insert_deduplicate and "
+                "deduplicate_blocks_in_dependent_materialized_views (the sink sets both to 1) "
+                "and check that every view's target table has a deduplication window "
+                "(clickhouse/migrations)."
+            )
+
+    def running(self, prefix: str) -> list[str]:
+        """query_ids of the queries on the server that start with ``prefix``."""
+        result = self.client.query(
+            "SELECT query_id FROM system.processes WHERE startsWith(query_id, {p:String})",
+            parameters={"p": prefix},
+        )
+        return [row[0] for row in result.result_rows]
+
+    def kill(self, query_ids: list[str]) -> None:
+        """Cancel ``query_ids`` and return once the server has stopped them (KILL ... SYNC)."""
+        if query_ids:
+            self.client.command(
+                "KILL QUERY WHERE query_id IN {ids:Array(String)} SYNC",
+                parameters={"ids": query_ids},
+            )
 
     def close(self) -> None:
         self.client.close()

@@ -35,7 +35,7 @@ from streams.sdk import TokenEventProducer
 from streams.settings import Settings, env_name
 from streams.sink.metrics import SinkMetrics
 from streams.sink.rows import Block
-from streams.sink.runner import Sink
+from streams.sink.runner import Sink, Written
 from streams.topics import TopicSpec, ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -250,7 +250,7 @@ def test_200k_events_with_resent_duplicates_are_exact(load: Load) -> None:
 class CrashAfterInsert(Sink):
     """Inserts its first blocks, then dies before committing their offsets."""
 
-    def _commit(self, block: Block, inserted: int) -> None:
+    def _commit(self, block: Block, written: Written) -> None:
         raise RuntimeError("simulated crash between insert and commit")
 
 
@@ -275,7 +275,7 @@ class WriterFailsOnSecondBlock(Sink):
     blocks = 0
     failed: Block | None = None
 
-    def _write(self, block: Block, cancel: threading.Event) -> int | None:
+    def _write(self, block: Block, cancel: threading.Event) -> Written | None:
         self.blocks += 1
         if self.blocks == 2:
             self.failed = block

@@ -8,6 +8,11 @@ flight, dedup through the views, the metrics address, SIGTERM while stuck, SIGKI
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -21,12 +26,15 @@ from prometheus_client import CollectorRegistry
 from streams import events
 from streams.clickhouse import Target, connect
 from streams.deadletter import DeadLetter
+from streams.errors import SinkError
 from streams.generate import generate_events
+from streams.local._common import free_ports
 from streams.migrate import Migrator
 from streams.serde import AvroCodec
-from streams.settings import Settings
+from streams.settings import Settings, env_name
 from streams.sink.metrics import SinkMetrics
 from streams.sink.runner import Sink
+from streams.sink.store import EventStore
 
 pytestmark = pytest.mark.integration
 CODEC = AvroCodec("token_event")
@@ -248,3 +256,207 @@ def test_the_future_bound_uses_each_records_broker_timestamp(create_time_env: En
     dead = read_dead_letters(env.settings, len(expected_dead))
     assert {key for key, _, _ in dead} == expected_dead
     assert all("in the future" in letter.reason for _, _, letter in dead)
+
+
+# -- row 1 (continued): rows ClickHouse refuses, errors that cannot get better ---------------
+
+
+def test_rows_clickhouse_refuses_are_dead_lettered_and_the_rest_stored_once(env: Env) -> None:
+    # A value our validator accepts and this table refuses: ClickHouse's own verdict (code 469)
+    env.client.command("ALTER TABLE token_events ADD CONSTRAINT refuse CHECK model != 'refuse-me'")
+    good = list(generate_events(300, seed=21))
+    messages: list[tuple[bytes | None, bytes | None, int | None]] = []
+    bad_keys: set[bytes] = set()
+    for i, event in enumerate(good):
+        messages.append((f"good-{i}".encode(), CODEC.encode(event), None))
+        if i % 100 == 50:
+            key = f"bad-{i}".encode()
+            bad = dict(event, event_id=str(uuid.uuid4()), model="refuse-me")
+            assert not events.problems(bad, events.now_ms())
+            bad_keys.add(key)
+            messages.append((key, CODEC.encode(bad), None))
+    env.produce(messages)
+    sink = SinkThread(env.settings)
+    try:
+        wait_committed(env.settings)  # before: the insert was retried forever
+        assert sink.thread.is_alive() and sink.error is None
+    finally:
+        sink.stop()
+    assert sink.error is None
+    assert env.count() == len(good)
+    assert env.count("model = 'refuse-me'") == 0
+    assert int(env.client.command("SELECT uniqExact(event_id) FROM token_events")) == len(good)
+    # the bisection's retries reached no rollup twice
+    assert int(env.client.command("SELECT sum(requests) FROM spend_hourly")) == len(good)
+    dead = read_dead_letters(env.settings, len(bad_keys))
+    assert {key for key, _, _ in dead} == bad_keys
+    for _, value, letter in dead:
+        assert letter.kind == "rejected" and letter.stage == "sink"
+        assert "469 (VIOLATED_CONSTRAINT)" in letter.reason and "refuse-me" in letter.reason
+        assert "http://" not in letter.reason
+        assert CODEC.decode(value)["model"] == "refuse-me"  # the original bytes
+    assert sink.metric("spendstream_sink_deadlettered_total", kind="rejected") == len(bad_keys)
+
+
+def test_an_error_retrying_cannot_fix_stops_the_sink_with_one_clear_error(env: Env) -> None:
+    env.client.command("RENAME TABLE token_events TO token_events_elsewhere")
+    env.produce([(b"k", CODEC.encode(e), None) for e in generate_events(20, seed=22)])
+    sink = SinkThread(env.settings)
+    sink.thread.join(60)  # before: retried forever
+    assert not sink.thread.is_alive()
+    assert isinstance(sink.error, SinkError)
+    message = str(sink.error)
+    assert "ClickHouse refused the sink's insert" in message and "error 60" in message
+    assert "http://" not in message
+
+
+# -- row 3: dedup of a retried block through the views ---------------------------------------
+
+
+def test_every_insert_dedups_through_the_views_and_startup_checks_the_server(env: Env) -> None:
+    store = EventStore.connect(env.settings)
+    try:
+        assert store._insert_settings["insert_deduplicate"] == 1
+        assert store._insert_settings["deduplicate_blocks_in_dependent_materialized_views"] == 1
+        store.check_dedup(f"ok-{uuid.uuid4()}")  # this server dedups through the views
+        # a server where the views are not deduplicated (the default of some 24.x-25.x
+        # releases): a retried block is counted twice in the view, and the check says so
+        store._insert_settings["deduplicate_blocks_in_dependent_materialized_views"] = 0
+        with pytest.raises(SinkError, match="does not deduplicate a retried insert"):
+            store.check_dedup(f"off-{uuid.uuid4()}")
+    finally:
+        store.close()
+
+
+# -- rows 2, 4, 5: the metrics address; SIGTERM while ClickHouse is paused mid-insert ---------
+
+
+def _sink_process(settings: Settings, **extra: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        env_name("home"): str(settings.home),
+        env_name("kafka_bootstrap"): settings.kafka_client_config()["bootstrap.servers"],
+        env_name("clickhouse_url"): settings.clickhouse_http_url,
+        env_name("clickhouse_database"): settings.clickhouse_database,
+        env_name("topic_events"): settings.topic_events,
+        env_name("topic_deadletter"): settings.topic_deadletter,
+        env_name("sink_group"): settings.sink_group,
+        env_name("sink_flush_seconds"): "0.2",
+        env_name("sink_drain_seconds"): str(settings.sink_drain_seconds),
+        env_name("log_level"): "INFO",
+        **{env_name(k): v for k, v in extra.items()},
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", "from streams.cli import main; main()", "sink", "--no-records"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _listening(port: int) -> set[str]:
+    """The local addresses listening on TCP ``port`` (from /proc/net/tcp and tcp6)."""
+    found: set[str] = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(name) as table:
+            for line in table.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:
+                    if len(address) == 8:
+                        found.add(str(ipaddress.IPv4Address(bytes.fromhex(address)[::-1])))
+                    else:
+                        found.add(address)
+    return found
+
+
+def _wait_rows(env: Env, expected: int, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while env.count() < expected:
+        if process.poll() is not None:
+            raise AssertionError(process.stderr.read().decode() if process.stderr else "died")
+        assert time.monotonic() < deadline, f"{env.count()} of {expected} rows"
+        time.sleep(0.1)
+
+
+def test_sigterm_with_clickhouse_paused_mid_insert_stops_within_the_drain_bound(
+    env: Env, local_clickhouse: Any
+) -> None:
+    (port,) = free_ports(1)
+    first = list(generate_events(200, seed=23))
+    env.produce([(f"a{i}".encode(), CODEC.encode(e), None) for i, e in enumerate(first)])
+    process = _sink_process(env.settings, metrics_port=str(port))
+    paused = False
+    try:
+        _wait_rows(env, len(first), process, 90)
+        assert _listening(port) == {"127.0.0.1"}  # row 4: loopback unless told otherwise
+        pid = local_clickhouse.pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # a network pause: requests hang, nothing is refused
+        paused = True
+        second = list(generate_events(200, seed=24))
+        env.produce([(f"b{i}".encode(), CODEC.encode(e), None) for i, e in enumerate(second)])
+        time.sleep(2.0)  # the next block's fence, lookup or insert now hangs on ClickHouse
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        bound = env.settings.sink_drain_seconds + 5.0  # the drain, then closing
+        try:
+            process.wait(bound)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {bound:.0f} s after SIGTERM") from None
+        took = time.monotonic() - started
+        print(
+            f"\nSIGTERM with ClickHouse paused: stopped in {took:.1f} s "
+            f"(drain bound {env.settings.sink_drain_seconds:.0f} s), load {os.getloadavg()}"
+        )
+    finally:
+        if paused:
+            os.kill(local_clickhouse.pid() or 0, signal.SIGCONT)
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    # the next owner (after ClickHouse is back) stores the rest, each event once
+    sink = SinkThread(env.settings)
+    try:
+        wait_committed(env.settings, timeout=90)
+    finally:
+        sink.stop()
+    assert sink.error is None
+    assert env.count() == len(first) + len(second)
+    assert int(env.client.command("SELECT sum(requests) FROM spend_hourly")) == env.count()
+
+
+# -- row 6: a SIGKILLed sink restarted resumes its partitions within seconds ------------------
+
+
+@pytest.fixture
+def three_partitions(stack_settings: Settings, new_topic: Callable[..., str]) -> Iterator[Env]:
+    yield from make_env(stack_settings, new_topic, partitions=3)
+
+
+def test_a_sigkilled_sink_restarted_resumes_its_partitions_within_seconds(
+    three_partitions: Env,
+) -> None:
+    env = three_partitions
+    first = list(generate_events(150, seed=25))
+    env.produce([(f"a{i}".encode(), CODEC.encode(e), None) for i, e in enumerate(first)])
+    process = _sink_process(env.settings)  # no instance id set: the default
+    try:
+        _wait_rows(env, len(first), process, 90)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        second = list(generate_events(150, seed=26))
+        env.produce([(f"b{i}".encode(), CODEC.encode(e), None) for i, e in enumerate(second)])
+        started = time.monotonic()
+        process = _sink_process(env.settings)
+        # before: ~85 s with three partitions waiting for the dead member's session to expire
+        _wait_rows(env, len(first) + len(second), process, 40)
+        took = time.monotonic() - started
+        print(
+            f"\nSIGKILLed sink restarted: all partitions consumed again {took:.1f} s after "
+            f"the restart (process start included), load {os.getloadavg()}"
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert env.count() == len(first) + len(second)
