@@ -74,7 +74,8 @@ def demo(seconds: float, rate: float, seed: int) -> None:
     table.add_column("team")
     table.add_column("USD", justify="right")
     for team, nanos in spend.items():
-        table.add_row(team, f"{nanos // 1_000_000_000:,}.{nanos % 1_000_000_000 // 10_000_000:02d}")
+        cents = (nanos + 5_000_000) // 10_000_000  # to the nearest cent, as `report` shows it
+        table.add_row(team, f"{cents // 100:,}.{cents % 100:02d}")
     console.print(table)
     for line in summary_lines(outcome, plan):
         console.print(line, soft_wrap=True)
