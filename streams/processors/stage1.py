@@ -72,7 +72,8 @@ ROLLUP_COUNTERS: Final = (
     "reasoning_tokens",
     "cost_nanos",
 )
-#: the scope key of the hot path (labels appended when a budget uses them)
+#: the scope key of the hot path (the event's labels appended when it has any: the rollup
+#: rows' full key, whatever the budgets scope on)
 KEY_FIELDS: Final = (
     "org_id",
     "team_id",
@@ -366,7 +367,6 @@ class PartitionAggregator:
         clock = self.clock
         memory_from = cfg.dedup_memory_ms
         close_after = cfg.close_after_ms
-        use_labels = self._matcher.uses_labels() if self._matcher else False
         windows = self.windows
         accs_by_minute = self._accs
         late_by_minute = self._late_accs
@@ -389,7 +389,7 @@ class PartitionAggregator:
         claimed_more: set[tuple[bytes, int]] = set()
         touched: list[list[Any]] = []  # pending sums added to in this batch
         alerts = out.alerts
-        columns, prior = self._columns(records, use_labels)
+        columns, prior = self._columns(records)
         for (
             index,
             rec,
@@ -489,7 +489,7 @@ class PartitionAggregator:
             if info is None:
                 if label_value is not None:  # one label, name and value apart (_scope_labels)
                     labels = ((labels, label_value),)
-                if use_labels and labels:
+                if labels:  # a scope key (and its rollup row) always holds the labels
                     key: tuple[Any, ...] = (
                         org,
                         team,
@@ -660,9 +660,8 @@ class PartitionAggregator:
         cost = price.cost_nanos
         t = event["event_time"]
         labels = label_key(event.get("labels"))
-        use_labels = self._matcher.uses_labels() if self._matcher else False
         dims = tuple(event[f] for f in KEY_FIELDS)
-        key = (*dims, labels) if use_labels and labels else dims
+        key = (*dims, labels) if labels else dims
         tokens = sum(event[f] for f in ev_mod.TOKEN_FIELDS) - event["reasoning_tokens"]
         matcher = self._matcher or self.budgets.matcher
         cfg = self.config
@@ -805,9 +804,7 @@ class PartitionAggregator:
 
     # ------------------------------------------------------------------ decoding
 
-    def _columns(
-        self, records: Sequence[Record], use_labels: bool
-    ) -> tuple[Sequence[Sequence[Any]], list[bool]]:
+    def _columns(self, records: Sequence[Record]) -> tuple[Sequence[Sequence[Any]], list[bool]]:
         """The records' fields as columns (EVENT_FIELDS order, then the label value, the id's
         16 bytes and the scope key), decoded as one block when the batch is big enough to pay
         for it, else record by record; and whether each id is among those kept in memory. A
@@ -831,14 +828,14 @@ class PartitionAggregator:
             id_series = pl.Series(columns[0], dtype=pl.String)
             times = pl.Series([t if isinstance(t, int) else 0 for t in columns[1]], dtype=pl.Int64)
         else:
-            lists = _arrow_lists(frame.get_column("labels")) if use_labels else None
+            lists = _arrow_lists(frame.get_column("labels"))
             names, values = _label_columns(lists, frame.height)
             columns = [
                 frame.get_column(name).to_list() if name != "labels" else names
                 for name in EVENT_FIELDS
             ]
             columns.append(values)
-            columns.append(_scope_strings(frame, lists) or _scope_tuples(columns, use_labels))
+            columns.append(_scope_strings(frame, lists) or _scope_tuples(columns, True))
             if len(picked) != len(records):
                 # a few records in another framing or version: merge them in by position
                 rows: list[tuple[Any, ...]] = [()] * len(records)
@@ -879,8 +876,7 @@ class PartitionAggregator:
         if not rows:
             return [[] for _ in range(len(EVENT_FIELDS) + 2)]
         columns: list[Sequence[Any]] = [list(c) for c in zip(*rows, strict=True)]
-        labelled = self._matcher is not None and self._matcher.uses_labels()
-        columns.append(_scope_tuples(columns, labelled))
+        columns.append(_scope_tuples(columns, True))
         return columns
 
     # ------------------------------------------------------------------ lookups of the hot path

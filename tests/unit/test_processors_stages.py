@@ -15,7 +15,12 @@ from streams.events import partition_key
 from streams.generate import Shape, generate_events
 from streams.pricing import default_catalog
 from streams.processors.periods import calendar_period
-from streams.processors.stage1 import PartitionAggregator, Stage1Config, Stage1Output
+from streams.processors.stage1 import (
+    PartitionAggregator,
+    Stage1Config,
+    Stage1Output,
+    rollup_key,
+)
 from streams.processors.stage2 import (
     BaselineRequest,
     BudgetTotals,
@@ -361,6 +366,31 @@ def test_rollup_rows_are_final_and_late_events_get_rows_of_their_own() -> None:
     assert [(r["requests"], r["segment"]) for r in late] == [(1, "late:3")]
     codec = AvroCodec("rollup_1m")
     assert codec.decode(codec.encode(late[0])) == late[0]
+
+
+def test_rollup_rows_are_keyed_by_the_labels_whatever_the_budgets_scope_on() -> None:
+    """The rollups topic's key is the full key, labels included, with or without a budget
+    on labels (they were left out when none scoped on them: two label sets in one row)."""
+    base = T0 - T0 % MIN
+    events = [
+        event(event_time=base + 1, labels={"env": "prod"}),
+        event(event_time=base + 2, labels={"env": "dev", "repo": "a"}),
+        event(event_time=base + 3, labels={"env": "prod"}),
+        event(event_time=base + 4),
+    ]
+    closes = base + MIN + 5 * MIN + 5_000
+    for budgets in ([], [ORG]):
+        agg = aggregator(budgets, now=T0 + 10 * MIN)
+        agg.process(records(events))
+        out = agg.process(records([event(event_time=closes)], start=4))
+        rows = sorted(
+            (sorted(r["labels"].items()), r["requests"])
+            for r in out.rollups
+            if r["window_start"] == base
+        )
+        assert rows == [([], 1), ([("env", "dev"), ("repo", "a")], 1), ([("env", "prod")], 2)]
+        keys = {rollup_key(r) for r in out.rollups}
+        assert len(keys) == len(out.rollups)
 
 
 def test_rolling_budget_counts_its_window_from_clickhouse_and_slides() -> None:
