@@ -117,7 +117,7 @@ class SessionState:
         self.user_id = user_id
         self.cost = 0
         self.turns = 0
-        self.last_time = 0
+        self.last_time = 0  # the partition clock at its last turn (idle from then)
         self.recent: list[int] = []  # the last per-turn context sizes, newest last
         #: the growth run: [context it began at, turns it grew, largest one-turn step]
         self.run: list[int] = [0, 0, 0]

@@ -602,8 +602,7 @@ class PartitionAggregator:
                     state = sessions[skey] = SessionState(org, team, user)
                 state.cost += cost
                 state.turns += 1
-                if t > state.last_time:
-                    state.last_time = t
+                state.last_time = clock  # idle by the partition clock at its last turn
                 recent = state.recent
                 context = prompt
                 run = state.run

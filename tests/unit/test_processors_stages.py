@@ -440,6 +440,24 @@ def test_runaway_session_alert_once() -> None:
     assert out.alerts[0]["session_id"] == "s1"
 
 
+def test_a_session_is_idle_by_the_partition_clock_at_its_turns_not_its_agent_clock() -> None:
+    """An agent whose clock runs 9 minutes behind (accepted: within the id memory) sends a
+    turn a minute; with a 6-minute idle limit its session was dropped after every turn (idle
+    judged by the event times) and its growth never seen."""
+    agg = aggregator([], now=T0 + 30 * MIN, session_idle_ms=6 * MIN)
+    found = []
+    for turn in range(1, 13):
+        arrival = T0 + turn * MIN
+        e = event(
+            session_id="s-skew",
+            turn=turn,
+            event_time=arrival - 9 * MIN,
+            input_tokens=40_000 * turn,
+        )
+        found += agg.process(records([e], start=turn, arrival=arrival)).alerts
+    assert [a["details"]["reason"] for a in found] == ["context_growth"]
+
+
 def test_an_event_older_than_the_id_memory_leaves_its_session_alone() -> None:
     """An event found by lookup (hours late) counts in its budgets, but does not bring back
     an idle session nor add a turn to it: the runaway rules judge a session's live turns."""
