@@ -1,10 +1,12 @@
-"""What the stage tests share: the record stage 1 reads, the events codec, and stage 1's
-output handed to stage 2 as the partials topic would carry it (one copy for
-test_processors_stages.py and truth_harness.py)."""
+"""What the stage tests share: an event with defaults, the record stage 1 reads, the events
+codec, and stage 1's output handed to stage 2 as the partials topic would carry it (one copy
+for test_processors_stages.py, truth_harness.py, test_budget_truth_rows.py and
+test_loadtest_reference.py)."""
 
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from typing import Any
 
 from streams.processors.stage1 import Stage1Output
@@ -12,6 +14,7 @@ from streams.processors.stage2 import pack_partials
 from streams.serde import AvroCodec
 
 CODEC = AvroCodec("token_event")
+T0 = 1_780_000_000_000  # 2026-05-28T20:26:40Z
 
 
 @dataclasses.dataclass
@@ -37,3 +40,33 @@ def packs_of(partition: int, out: Stage1Output, partitions: int) -> list[dict[st
         hold_clock=out.hold_clock,
     )
     return list(packs.values())
+
+
+def event(**fields: Any) -> dict[str, Any]:
+    """A valid token event of acme/platform/ana at T0; ``fields`` override."""
+    base: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()),
+        "event_time": T0,
+        "org_id": "acme",
+        "team_id": "platform",
+        "user_id": "ana",
+        "project_id": None,
+        "api_key_id": None,
+        "session_id": None,
+        "turn": None,
+        "client": "claude-code",
+        "task_type": "agentic",
+        "provider": "anthropic",
+        "model": "claude-sonnet-4-5",
+        "input_tokens": 100,
+        "cache_read_tokens": 0,
+        "cache_write_5m_tokens": 0,
+        "cache_write_1h_tokens": 0,
+        "output_tokens": 10,
+        "reasoning_tokens": 0,
+        "cost_nanos": 1_000,
+        "status": "ok",
+        "labels": {},
+    }
+    base.update(fields)
+    return base

@@ -18,6 +18,7 @@ from streams.processors.alerts import runaway_alert_id, threshold_alert_id
 from streams.processors.detectors import RunawayRules, SessionState, observe_turn
 from streams.processors.periods import calendar_period
 from streams.processors.stage2 import rolling_bucket_ms
+from tests.unit.stage_helpers import event
 from tests.unit.truth_harness import (
     Append,
     Change,
@@ -39,32 +40,7 @@ CENT = 10_000_000  # nano-USD
 
 
 def ev(t: int, cost: int = CENT, **fields: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "event_id": str(uuid.uuid4()),
-        "event_time": t,
-        "org_id": "acme",
-        "team_id": "platform",
-        "user_id": "ana",
-        "project_id": None,
-        "api_key_id": None,
-        "session_id": None,
-        "turn": None,
-        "client": "claude-code",
-        "task_type": "agentic",
-        "provider": "anthropic",
-        "model": "claude-sonnet-4-5",
-        "input_tokens": 100,
-        "cache_read_tokens": 0,
-        "cache_write_5m_tokens": 0,
-        "cache_write_1h_tokens": 0,
-        "output_tokens": 10,
-        "reasoning_tokens": 0,
-        "cost_nanos": cost,
-        "status": "ok",
-        "labels": {},
-    }
-    base.update(fields)
-    return base
+    return event(event_time=t, cost_nanos=cost, **fields)
 
 
 def budget(budget_id: str, limit_usd: str, created: int = T - 2 * HOUR, **spec: Any) -> Budget:

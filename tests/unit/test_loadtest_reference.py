@@ -19,39 +19,10 @@ from streams.loadtest.reference import (
     evaluate,
 )
 from streams.processors.periods import calendar_period as worker_period
+from tests.unit.stage_helpers import T0, event
 
-T0 = 1_780_000_000_000  # 2026-05-28T20:26:40Z
 MIN = 60_000
 HOUR = 3_600_000
-
-
-def event(**fields: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "event_id": str(uuid.uuid4()),
-        "event_time": T0,
-        "org_id": "acme",
-        "team_id": "platform",
-        "user_id": "ana",
-        "project_id": None,
-        "api_key_id": None,
-        "session_id": None,
-        "turn": None,
-        "client": "claude-code",
-        "task_type": "agentic",
-        "provider": "anthropic",
-        "model": "claude-sonnet-4-5",
-        "input_tokens": 100,
-        "cache_read_tokens": 0,
-        "cache_write_5m_tokens": 0,
-        "cache_write_1h_tokens": 0,
-        "output_tokens": 10,
-        "reasoning_tokens": 0,
-        "cost_nanos": 1_000,
-        "status": "ok",
-        "labels": {},
-    }
-    base.update(fields)
-    return base
 
 
 MONTH = budget_from_spec({"id": "m", "scope": {"org": "acme"}, "limit_usd": "0.00001"})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import uuid
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -29,39 +28,9 @@ from streams.processors.stage2 import (
     pack_partials,
 )
 from streams.serde import AvroCodec
-from tests.unit.stage_helpers import CODEC, Rec, packs_of
+from tests.unit.stage_helpers import CODEC, T0, Rec, event, packs_of
 
-T0 = 1_780_000_000_000  # 2026-05-28T20:26:40Z
 MIN = 60_000
-
-
-def event(**fields: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "event_id": str(uuid.uuid4()),
-        "event_time": T0,
-        "org_id": "acme",
-        "team_id": "platform",
-        "user_id": "ana",
-        "project_id": None,
-        "api_key_id": None,
-        "session_id": None,
-        "turn": None,
-        "client": "claude-code",
-        "task_type": "agentic",
-        "provider": "anthropic",
-        "model": "claude-sonnet-4-5",
-        "input_tokens": 100,
-        "cache_read_tokens": 0,
-        "cache_write_5m_tokens": 0,
-        "cache_write_1h_tokens": 0,
-        "output_tokens": 10,
-        "reasoning_tokens": 0,
-        "cost_nanos": 1_000,
-        "status": "ok",
-        "labels": {},
-    }
-    base.update(fields)
-    return base
 
 
 def records(events: list[dict[str, Any]], start: int = 0, arrival: int | None = None) -> list[Rec]:
