@@ -176,3 +176,24 @@ def test_the_chart_sums_integers_and_writes_a_png(tmp_path: Path) -> None:
         [("t1", "check() refuses", start + 2000)],
     )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quiet_logs_sends_stderr_and_logging_to_the_file(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+    import os
+
+    from streams.demo.run import quiet_logs
+
+    path = tmp_path / "logs" / "demo.log"
+    with quiet_logs(path):
+        # what librdkafka's own threads do: write(2) below Python
+        os.write(2, b"%4|1796216030.830|GETPID|rdkafka#producer-8| retrying\n")
+        logging.getLogger("streams.demo.test").warning("a warning of ours")
+    os.write(2, b"after\n")
+    text = path.read_text()
+    assert "GETPID" in text and "a warning of ours" in text
+    captured = capfd.readouterr()
+    assert "GETPID" not in captured.err and "a warning of ours" not in captured.err
+    assert "after" in captured.err  # the terminal's stderr is back
