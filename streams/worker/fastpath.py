@@ -104,14 +104,18 @@ class BatchConsumer(aiokafka_driver.Consumer):
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def _new_offset(self, tp: TP) -> int | None:
-        """faust's ``Consumer._new_offset``, same result, without Python work per offset.
+        """faust's ``Consumer._new_offset`` without Python work per offset, and without its
+        crawl.
 
         faust expands the gaps (here every offset of a batch but the last) into the acked
-        offsets, then finds their first run of consecutive numbers with a Python lambda per
-        offset (1.3 % of the stage-1 agent's CPU, profiling loadtest/bench_worker.py). numpy finds
-        the same run: it ends at a gap or at a duplicate (faust's gap also holds the acked
-        offset, so duplicates are common). tests/unit/test_faust_internals.py compares both on
-        many cases.
+        offsets, then commits their first run of consecutive numbers. Its drain loop also
+        registers a gap up to and including each batch's last offset, which is acked too: one
+        duplicate per batch, and a duplicate ends faust's run. So faust committed ONE batch
+        per commit tick (1 s): at 200 events/s the worker's committed offsets fell minutes
+        behind what it had processed and checkpointed (the fault runs' worker "stall":
+        tests/faults/README.md), and a restart replayed all of it. Here the offsets are
+        deduplicated (and those below the committed offset dropped) before the run is found
+        with numpy. tests/unit/test_faust_internals.py compares with faust's on many cases.
         """
         acked = self._acked[tp]
         if not acked:
@@ -127,16 +131,25 @@ class BatchConsumer(aiokafka_driver.Consumer):
                 new_max_offset = max(stuff_to_add[-1], max_offset + 1)
                 acked.extend(stuff_to_add)
                 gap_for_tp.chop(0, new_max_offset)
-        acked.sort()
+        values = np.unique(np.array(acked, dtype=np.int64))  # sorted, each offset once
         committed_offset = self._committed_offset[tp]
-        if committed_offset and acked[0] - committed_offset > 1:
-            return None
-        first = acked[0]
-        breaks = np.flatnonzero(np.diff(np.array(acked, dtype=np.int64)) != 1)
-        run = int(breaks[0]) + 1 if breaks.size else len(acked)
-        last = acked[run - 1]
-        del acked[:run]
         index = self._acked_index[tp]
+        if committed_offset:
+            stale = values < committed_offset  # committed already
+            if stale.any():
+                values = values[~stale]
+                index.difference_update([o for o in index if o < committed_offset])
+        if not values.size:
+            acked.clear()
+            return None
+        if committed_offset and int(values[0]) - committed_offset > 1:
+            acked[:] = values.tolist()
+            return None
+        first = int(values[0])
+        breaks = np.flatnonzero(np.diff(values) != 1)
+        run = int(breaks[0]) + 1 if breaks.size else int(values.size)
+        last = int(values[run - 1])
+        acked[:] = values[run:].tolist()
         index.difference_update([o for o in index if first <= o <= last])
         return last + 1
 
@@ -182,8 +195,46 @@ class BatchConsumer(aiokafka_driver.Consumer):
         )
 
 
+async def track_topic(client: Any, topic: str) -> None:
+    """Make aiokafka's client ``client`` keep ``topic`` in every metadata update.
+
+    While aiokafka's client tracks no topic, a metadata update (the periodic refresh, or one
+    after a broken connection) fetches every topic, and ``send`` to a topic it then knows
+    does not add it to the topics it asks for (``_wait_on_metadata`` returns early). Once
+    another topic is tracked, every update asks for the tracked topics only and replaces the
+    whole partition map: the untracked topic's partitions vanish, a batch for it not yet
+    sent has no leader, and the sender asks for metadata again and again, never for that
+    topic, until the batch expires (faust: 20 minutes): issue 13's stall, as far as found
+    (tests/faults/README.md, tests/integration/test_producer_metadata.py,
+    tests/unit/test_aiokafka_internals.py).
+    """
+    if topic not in client._topics:
+        await client.add_topic(topic)
+
+
+class TrackingProducer(aiokafka_driver.Producer):
+    """faust's aiokafka producer; every topic it sends to is tracked first (``track_topic``)."""
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> Any:
+        await track_topic(self._ensure_producer().client, topic)
+        return await super().send(
+            topic, key, value, partition, timestamp, headers, transactional_id=transactional_id
+        )
+
+
 class BatchTransport(aiokafka_driver.Transport):
     Consumer: ClassVar[type] = BatchConsumer
+    Producer: ClassVar[type] = TrackingProducer
 
 
 class BatchTopic(faust.Topic):

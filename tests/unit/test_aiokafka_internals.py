@@ -171,3 +171,101 @@ def test_install_replaces_the_fetcher_module_classes() -> None:
     fetch.install(set())
     assert fetcher_mod.PartitionRecords is fetch.BatchTopicRecords
     assert fetcher_mod.FetchResult is fetch.BatchTopicFetchResult
+
+
+# ---------------------------------------------------------------------------- producer metadata
+# streams.worker.fastpath.track_topic works around how aiokafka's client keeps metadata (the
+# worker's stall of issue 13, reproduced on the real broker in
+# tests/integration/test_producer_metadata.py). If one of these fails, re-read
+# AIOKafkaClient._wait_on_metadata / _metadata_update and ClusterMetadata.update_metadata: the
+# workaround may be unneeded (aiokafka tracks every topic it sends to) or wrong.
+
+
+def test_wait_on_metadata_does_not_track_a_topic_it_already_knows() -> None:
+    from aiokafka.client import AIOKafkaClient
+
+    source = inspect.getsource(AIOKafkaClient._wait_on_metadata)
+    early = source.find("if partitions is not None:\n            return partitions")
+    tracked = source.find("self.add_topic(topic)")
+    assert 0 <= early < tracked, _explain("_wait_on_metadata returns before add_topic")
+
+
+def test_metadata_updates_ask_for_the_tracked_topics_only() -> None:
+    from aiokafka.client import AIOKafkaClient
+
+    sync = inspect.getsource(AIOKafkaClient._md_synchronizer)
+    assert "topics = self._topics" in sync, _explain("_md_synchronizer")
+    update = inspect.getsource(AIOKafkaClient._metadata_update)
+    assert "MetadataRequest(list(topics) if topics else None)" in update, _explain(
+        "_metadata_update"
+    )
+    add = inspect.getsource(AIOKafkaClient.add_topic)
+    assert "self._topics.add(topic)" in add and "force_metadata_update" in add, _explain(
+        "add_topic"
+    )
+
+
+def test_an_update_without_a_topic_drops_its_partitions() -> None:
+    from aiokafka.cluster import ClusterMetadata
+    from aiokafka.protocol.metadata import MetadataResponse_v0
+
+    cluster = ClusterMetadata()
+    brokers = [(0, "127.0.0.1", 9092)]
+    partition = [(0, 0, 0, [0], [0])]  # error, partition, leader, replicas, isr
+    cluster.update_metadata(
+        MetadataResponse_v0(brokers=brokers, topics=[(0, "a", partition), (0, "b", partition)])
+    )
+    assert cluster.leader_for_partition(TopicPartition("a", 0)) == 0
+    cluster.update_metadata(MetadataResponse_v0(brokers=brokers, topics=[(0, "b", partition)]))
+    assert cluster.leader_for_partition(TopicPartition("a", 0)) is None, _explain(
+        "ClusterMetadata.update_metadata no longer replaces the partition map"
+    )
+
+
+def test_the_sender_retries_a_batch_without_leader_until_it_expires() -> None:
+    from aiokafka.producer import message_accumulator, sender
+
+    drain = inspect.getsource(message_accumulator.MessageAccumulator.drain_by_nodes)
+    assert "if leader is None or leader == -1:" in drain, _explain("drain_by_nodes")
+    assert "if self._batches[tp][0].expired():" in drain, _explain("drain_by_nodes")
+    routine = inspect.getsource(sender.Sender._sender_routine)
+    assert "fut = self.client.force_metadata_update()" in routine, _explain("_sender_routine")
+
+
+def test_track_topic_adds_the_topic_to_the_clients_tracked_topics() -> None:
+    import asyncio
+
+    from aiokafka.client import AIOKafkaClient
+
+    from streams.worker.fastpath import TrackingProducer, track_topic
+
+    async def run() -> tuple[set[str], bool]:
+        client = AIOKafkaClient(bootstrap_servers="127.0.0.1:9")  # never connected
+        assert client._topics == set(), _explain("AIOKafkaClient._topics")
+        task = asyncio.ensure_future(track_topic(client, "t"))
+        await asyncio.sleep(0)
+        waiting = not task.done()  # for the metadata update add_topic forced
+        task.cancel()
+        client._topics.add("known")
+        await asyncio.wait_for(track_topic(client, "known"), 1)  # tracked: no update asked
+        return set(client._topics), waiting
+
+    topics, waiting = asyncio.run(run())
+    assert topics == {"t", "known"} and waiting
+    assert "await track_topic(self._ensure_producer().client, topic)" in inspect.getsource(
+        TrackingProducer.send
+    )
+    # faust: every send of the app (agents, changelogs) goes through the transport's Producer
+    from faust.transport import base
+    from faust.transport.drivers import aiokafka as aiokafka_driver
+
+    from streams.worker.fastpath import BatchTransport
+
+    def params(f: Any) -> list[tuple[str, Any]]:
+        return [(p.name, p.kind) for p in inspect.signature(f).parameters.values()]
+
+    assert params(TrackingProducer.send) == params(aiokafka_driver.Producer.send), (
+        "faust's Producer.send changed; see tests/unit/test_aiokafka_internals.py"
+    )
+    assert "self.Producer(" in inspect.getsource(base.Transport.create_producer)
+    assert BatchTransport.Producer is TrackingProducer

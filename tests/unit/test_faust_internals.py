@@ -216,9 +216,31 @@ def test_fetch_wait_is_shortened_where_aiokafka_reads_it() -> None:
     assert consumer._fetch_max_wait_ms == 1500, _explain("AIOKafkaConsumer._fetch_max_wait_ms")
 
 
-def test_new_offset_override_equals_fausts() -> None:
-    """BatchConsumer._new_offset (no Python work per offset) against faust's own, on random
-    acks, gaps, duplicates and committed offsets: same results, same bookkeeping after."""
+def _oracle(fake: _FakeConsumer, tp: TP) -> int | None:
+    """What is committable: the consecutive run, from the committed offset, of the acked
+    offsets and the gaps below the highest acked one, each offset once."""
+    acked = list(fake._acked[tp])
+    if not acked:
+        return None
+    for entry in fake._gap[tp].overlap(0, max(acked)):
+        acked.extend(range(entry.begin, entry.end))
+    committed = fake._committed_offset[tp]
+    values = sorted({v for v in acked if not committed or v >= committed})
+    if not values or (committed and values[0] - committed > 1):
+        return None
+    last = values[0]
+    for v in values[1:]:
+        if v != last + 1:
+            break
+        last = v
+    return last + 1
+
+
+def test_new_offset_override_commits_the_whole_run_never_behind_fausts() -> None:
+    """BatchConsumer._new_offset against faust's own and against the oracle, on random acks,
+    gaps, duplicates and committed offsets: what the oracle says (faust's when there are no
+    duplicates, more when a duplicate ends faust's run early), never less than faust's."""
+    import copy
     import random
 
     _source_has(
@@ -255,9 +277,50 @@ def test_new_offset_override_equals_fausts() -> None:
                     fake._acked_index[tp].add(a)
             offset = last + 1 + rng.choice([0, 0, 0, 2])
         for _ in range(3):
+            want = _oracle(copy.deepcopy(ours), tp)
             expected = consumer_mod.Consumer._new_offset(theirs, tp)  # type: ignore[arg-type]
             got = app_mod.BatchConsumer._new_offset(ours, tp)  # type: ignore[arg-type]
-            assert got == expected, f"case {case}"
-            assert ours._acked[tp] == theirs._acked[tp], f"case {case}"
-            assert ours._acked_index[tp] == theirs._acked_index[tp], f"case {case}"
-            assert ours._gap[tp] == theirs._gap[tp], f"case {case}"
+            assert got == want, f"case {case}"
+            if expected is not None and got is not None:
+                assert got >= expected, f"case {case}"
+            if got is not None:
+                ours._committed_offset[tp] = max(got, ours._committed_offset[tp] or 0)
+                assert all(o >= got for o in ours._acked[tp]), f"case {case}"
+                assert all(o >= got for o in ours._acked_index[tp]), f"case {case}"
+            if expected is not None:
+                theirs._committed_offset[tp] = max(expected, theirs._committed_offset[tp] or 0)
+
+
+def test_small_batches_commit_in_one_tick_not_one_batch_per_tick() -> None:
+    """The commit crawl the fault runs found: at 200 events/s a batch holds 1-4 records, and
+    with faust's own gap (up to and including each batch's last offset, which is acked too)
+    faust's _new_offset committed one batch per commit tick, so the committed offsets fell
+    minutes behind. One tick must commit every acked batch."""
+    import random
+
+    rng = random.Random(3)
+    tp = TP("t", 0)
+    fake = _FakeConsumer(100)
+    first, read = 100, 99
+    for _ in range(200):
+        last = first + rng.randint(0, 3)
+        if last > first:  # what BatchConsumer.getmany registers
+            asyncio.run(consumer_mod.Consumer._add_gap(fake, tp, first, last - 1))  # type: ignore[arg-type]
+        if last - read > 1:  # what faust's drain loop adds on its own
+            asyncio.run(consumer_mod.Consumer._add_gap(fake, tp, read + 1, last))  # type: ignore[arg-type]
+        fake._acked[tp].append(last)
+        fake._acked_index[tp].add(last)
+        read, first = last, last + 1
+    assert app_mod.BatchConsumer._new_offset(fake, tp) == read + 1  # type: ignore[arg-type]
+    assert not fake._acked[tp] and not fake._acked_index[tp]
+    # faust's own needs a tick per batch (the crawl): pinned, so that a fix upstream is seen
+    fake = _FakeConsumer(100)
+    first, read = 100, 99
+    for _ in range(50):
+        last = first + 2
+        asyncio.run(consumer_mod.Consumer._add_gap(fake, tp, first, last - 1))  # type: ignore[arg-type]
+        asyncio.run(consumer_mod.Consumer._add_gap(fake, tp, read + 1, last))  # type: ignore[arg-type]
+        fake._acked[tp].append(last)
+        fake._acked_index[tp].add(last)
+        read, first = last, last + 1
+    assert consumer_mod.Consumer._new_offset(fake, tp) < read + 1  # type: ignore[arg-type]
