@@ -19,9 +19,11 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import faulthandler
 import gc
 import itertools
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar, cast
@@ -52,6 +54,7 @@ from streams.serde.columnar import ColumnarDecoder
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from streams.worker import fetch
+from streams.worker import health as liveness
 from streams.worker.alertlog import AlertLog
 from streams.worker.config import WorkerConfig, broker_settings, partials_topic, worker_topics
 from streams.worker.fastpath import BatchTopic, SpendApp
@@ -78,6 +81,8 @@ IDLE_CLOCK_EVERY_S = 5.0
 SINK_WAIT_S = 0.25
 #: longest pause between retries of a failed ClickHouse read
 MAX_BACKOFF_S = 5.0
+#: the health timer's period (it records what streams/worker/health.py's monitor judges)
+HEALTH_EVERY_S = 1.0
 
 
 @dataclasses.dataclass
@@ -91,6 +96,8 @@ class _PartitionSlot:
     held: list[Any] = dataclasses.field(default_factory=list)
     #: sends the broker has not acknowledged yet: the checkpoint waits for them
     sends: list[asyncio.Future[Any]] = dataclasses.field(default_factory=list)
+    #: when the oldest send of ``sends`` was handed over (0: none waiting)
+    oldest_send_at: float = 0.0
     dd_chunks: list[list[int]] = dataclasses.field(default_factory=list)  # [epoch, max minute]
     #: closed 1-minute windows' rows not yet sent (lazy), and rows sent but not acknowledged
     rollups: collections.deque[Iterator[dict[str, Any]]] = dataclasses.field(
@@ -105,6 +112,8 @@ class _PartitionSlot:
     def settled(self) -> bool:
         """Every send acknowledged (a failed one stops the worker: see Worker._sent)."""
         self.sends = [f for f in self.sends if not f.done()]
+        if not self.sends:
+            self.oldest_send_at = 0.0
         return not self.sends and not self.rollups and not self.rollups_unacked
 
 
@@ -152,6 +161,10 @@ class Worker:
         self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="sink-view")
         self.metrics = WorkerMetrics()
         self._health: tuple[bool, dict[str, Any]] = (True, {})
+        #: what the health timer last saw, for the monitor thread (streams/worker/health.py)
+        self._health_sample = liveness.Sample({}, time.monotonic())
+        self.monitor: liveness.HealthMonitor | None = None
+        self._loop_progress: dict[tuple[str, int], liveness.Progress] = {}
         self.app = self._build_app()
 
     # ------------------------------------------------------------------ app
@@ -216,7 +229,19 @@ class Worker:
 
         app.timer(self.config.flush_interval_s, name="checkpoint")(checkpoint_timer)
         app.timer(self.config.tick_interval_s, name="tick")(tick_timer)
+
+        async def health_timer() -> None:
+            # its own timer, never awaiting: tick_all can wait on a send for as long as the
+            # producer does (faust: 20 minutes), and health judged there went stale
+            self._check_health(getattr(self.app, "consumer", None))
+
+        app.timer(HEALTH_EVERY_S, name="health")(health_timer)
         app.task(self._rollup_sender)
+
+        async def dumps() -> None:  # once mode's Worker installed its signal handlers
+            install_stack_dumps()
+
+        app.task(dumps)
 
         async def on_revoked(sender: Any, revoked: Iterable[TP], **_: Any) -> None:
             self.on_revoked(revoked)
@@ -245,6 +270,8 @@ class Worker:
             self.app.loop.create_task(self.app.crash(cast(BaseException, fut.exception())))
 
         future.add_done_callback(done)
+        if not slot.sends:
+            slot.oldest_send_at = time.monotonic()
         slot.sends.append(future)
 
     # ------------------------------------------------------------------ stage 1
@@ -672,45 +699,67 @@ class Worker:
         for slot in list(self.stage2.values()):
             if self.stage2.get(slot.partition) is slot:
                 await self._publish_stage2(slot, slot.processor.tick(now))
-        self._check_health(consumer)
 
     def _check_health(self, consumer: Any) -> None:
-        """Unhealthy when an owned partition has records to read and made no progress for
-        ``worker_stall_s`` (a liveness probe then restarts the worker; its partitions move)."""
-        stalled: list[str] = []
-        lags = self.metrics.lag
+        """Record what the health rule (streams/worker/health.py) judges: each owned
+        partition's applied offset, sends not acknowledged and checkpoints waiting for
+        ``worker_stall_s``, and this loop's beat; judge it here too against aiokafka's
+        high-water marks (the lag gauges; the verdict when no monitor thread runs)."""
         now = time.monotonic()
-        started_at = getattr(self, "_started_at", None) or now
-        self._started_at = started_at
-        for topic, slots in (
-            (self.settings.topic_events, self.stage1),
-            (partials_topic(self.settings), self.stage2),
+        stall_s = self.settings.worker_stall_s
+        lags = self.metrics.lag
+        waiting: list[str] = []
+        applied: dict[tuple[str, int], int] = {}
+        ends: dict[tuple[str, int], int] = {}
+        for stage, topic, slots in (
+            ("stage1", self.settings.topic_events, self.stage1),
+            ("stage2", partials_topic(self.settings), self.stage2),
         ):
             for tp in self._assigned(topic):
                 slot = slots.get(tp.partition)
-                applied = slot.processor.applied if slot is not None else -1
+                key = (topic, tp.partition)
+                applied[key] = slot.processor.applied if slot is not None else -1
                 high = consumer.highwater(tp) if consumer is not None else None
-                if high is None:
-                    continue
-                lag = max(0, high - applied - 1)
-                lags.labels(topic, str(tp.partition)).set(lag)
-                last = slot.last_batch_at if slot is not None and slot.last_batch_at else started_at
-                if lag and now - last > self.settings.worker_stall_s:
-                    stalled.append(f"{topic}[{tp.partition}]: lag {lag}, idle {now - last:.0f}s")
-        waiting = [
-            f"{stage}[{slot.partition}]: checkpoint waits {now - slot.waiting_since:.0f}s"
-            for stage, slots in (("stage1", self.stage1), ("stage2", self.stage2))
-            for slot in slots.values()
-            if slot.waiting_since and now - slot.waiting_since > self.settings.worker_stall_s
-        ]
-        healthy = not stalled and not waiting
-        self.metrics.healthy.set(1 if healthy else 0)
-        self._health = (healthy, {"stalled": stalled + waiting})
-        if not healthy:
-            log.error("worker makes no progress: %s", "; ".join(stalled + waiting))
+                if high is not None:
+                    ends[key] = high
+                    lags.labels(topic, str(tp.partition)).set(max(0, high - applied[key] - 1))
+            for slot in list(slots.values()):
+                waited = now - slot.waiting_since
+                if slot.waiting_since and waited > stall_s:
+                    waiting.append(f"{stage}[{slot.partition}]: checkpoint waits {waited:.0f}s")
+                slot.settled()
+                if slot.oldest_send_at and now - slot.oldest_send_at > stall_s:
+                    waiting.append(
+                        f"{stage}[{slot.partition}]: {len(slot.sends)} sends not acknowledged "
+                        f"for {now - slot.oldest_send_at:.0f}s"
+                    )
+        sample = liveness.Sample(applied, now, tuple(waiting))
+        self._health_sample = sample
+        healthy, problems = liveness.judge(now, stall_s, sample, ends, self._loop_progress)
+        self._health = (healthy, {"stalled": problems})
+        if self.monitor is None:  # no monitor thread (tests): the loop's own verdict
+            self.metrics.healthy.set(1 if healthy else 0)
+            if not healthy:
+                log.error("worker makes no progress: %s", "; ".join(problems))
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        return self._health
+        """``/healthz``: the monitor thread's verdict (which also fails when this loop stops
+        beating), else the loop's own."""
+        if self.monitor is None:
+            return self._health
+        ok, details = self.monitor.verdict()
+        self.metrics.healthy.set(1 if ok else 0)
+        return ok, details
+
+    def start_monitor(self) -> liveness.HealthMonitor:
+        """Judge health in a thread against the broker's end offsets (streams/worker/health.py)."""
+        self.monitor = liveness.HealthMonitor(
+            self.settings.worker_stall_s,
+            lambda: self._health_sample,
+            liveness.broker_end_offsets(self.settings.kafka_client_config()),
+        )
+        self.monitor.start()
+        return self.monitor
 
     def _assigned(self, topic: str) -> list[TP]:
         try:
@@ -838,6 +887,7 @@ class Worker:
         """Run until SIGTERM/SIGINT (faust's worker, uvloop event loop)."""
         self._prepare()
         if self.settings.metrics_port:
+            self.start_monitor()
             observe.serve(
                 self.metrics.registry,
                 self.settings.metrics_host,
@@ -886,6 +936,14 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def install_stack_dumps() -> None:
+    """``kill -USR2 <pid>``: every thread's stack to stderr, at C level (faulthandler), so it
+    works while the event loop is stuck. Replaces mode's SIGUSR2 handler (it opens pdb: a
+    daemon then hangs on stdin). ``kill -USR1`` stays mode's: threads and their loops' tasks,
+    printed by the loop. For a worker that stopped making progress; no py-spy needed."""
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

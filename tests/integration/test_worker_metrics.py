@@ -106,3 +106,80 @@ def test_metrics_show_every_hop_of_an_alert_and_health_is_ok(
     finally:
         workers.stop_all()
         producer.close()
+
+
+def test_healthz_fails_when_the_worker_stops_making_progress(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    """A real stall, no signal: the partials topic is deleted under a running worker, so its
+    producer has no leader for what stage 1 sends (the stall of issue 13 had the same
+    symptom) and stage 1 stops while events keep arriving. /healthz must turn 503 within a
+    few stall periods while the process lives on (the liveness probe then restarts it)."""
+    from confluent_kafka.admin import AdminClient
+
+    from streams.worker import partials_topic
+
+    (port,) = free_ports(1)
+    settings = _unique_settings(kafka_settings)
+    ensure_topics(settings, worker_topics(settings))
+    workers = Workers(
+        settings,
+        tmp_path,
+        extra={"METRICS_PORT": str(port), "WORKER_SINK_CHECKS": "false", "WORKER_STALL_S": "5"},
+    )
+    producer = TokenEventProducer(settings)
+
+    def send(n: int) -> None:
+        for _ in range(n):
+            producer.record(
+                org_id="acme",
+                team_id="t",
+                user_id="u",
+                client="c",
+                provider="anthropic",
+                model="claude-sonnet-4-5",
+                event_id=str(uuid.uuid4()),
+                cost_nanos=1000,
+            )
+        producer.flush()
+
+    try:
+        workers.start()
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        counted = 0.0
+        while time.monotonic() < deadline and not counted:
+            workers.assert_alive()
+            send(20)
+            try:
+                status, body = _get(base + "/metrics")
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+                continue
+            for line in body.decode().splitlines():
+                if line.startswith('spendstream_worker_events_total{outcome="counted"}'):
+                    counted = float(line.rsplit(" ", 1)[1])
+            time.sleep(0.5)
+        assert counted, "the worker never counted an event"
+        status, body = _get(base + "/healthz")
+        assert status == 200, body
+
+        admin = AdminClient(settings.kafka_client_config())
+        admin.delete_topics([partials_topic(settings)])[partials_topic(settings)].result(30)
+        found: tuple[int, bytes] = (0, b"")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            workers.assert_alive()
+            send(20)
+            found = _get(base + "/healthz")
+            if found[0] == 503:
+                break
+            time.sleep(1)
+        status, body = found
+        assert status == 503, body
+        reasons = json.loads(body)["stalled"]
+        assert any("no progress" in r or "not acknowledged" in r for r in reasons), reasons
+        workers.assert_alive()  # alive and stalled: only the probe would notice
+    finally:
+        workers.stop_all()
+        producer.close()

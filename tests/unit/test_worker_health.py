@@ -1,7 +1,9 @@
-"""/healthz turns unhealthy when a partition with records to read makes no progress."""
+"""/healthz turns unhealthy when a partition with records to read makes no progress, when the
+event loop stops beating, or when sends wait for acknowledgement (issue 13's stall)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -10,7 +12,76 @@ from faust.types import TP
 
 from streams.settings import Settings
 from streams.worker import Worker
+from streams.worker.health import HealthMonitor, Progress, Sample, judge
 from streams.worker.worker import _PartitionSlot
+
+A, B = ("events", 0), ("events", 1)
+
+
+def test_lag_without_progress_for_the_stall_time_is_unhealthy() -> None:
+    progress: dict[tuple[str, int], Progress] = {}
+    ends = {A: 100, B: 50}
+    assert judge(0.0, 30, Sample({A: 99, B: 9}, 0.0), ends, progress) == (True, [])
+    # B does not move for 20 s: not yet; for 31 s: stalled. A is caught up all along.
+    assert judge(20.0, 30, Sample({A: 99, B: 9}, 20.0), ends, progress)[0] is True
+    ok, reasons = judge(31.0, 30, Sample({A: 99, B: 9}, 31.0), ends, progress)
+    assert not ok and reasons == ["events[1]: lag 40, no progress for 31s"]
+    # B moves: healthy again, and its clock restarts
+    assert judge(32.0, 30, Sample({A: 99, B: 10}, 32.0), ends, progress)[0] is True
+    assert judge(61.0, 30, Sample({A: 99, B: 10}, 61.0), ends, progress)[0] is True
+    assert judge(63.0, 30, Sample({A: 99, B: 10}, 63.0), ends, progress)[0] is False
+
+
+def test_an_idle_partition_that_gets_records_is_not_stalled_at_once() -> None:
+    progress: dict[tuple[str, int], Progress] = {}
+    judge(0.0, 30, Sample({A: 99}, 0.0), {A: 100}, progress)
+    # an hour idle (caught up), then a record arrives: its clock starts at the last check
+    judge(3600.0, 30, Sample({A: 99}, 3600.0), {A: 100}, progress)
+    assert judge(3601.0, 30, Sample({A: 99}, 3601.0), {A: 101}, progress)[0] is True
+
+
+def test_a_loop_that_stops_beating_or_reports_problems_is_unhealthy() -> None:
+    progress: dict[tuple[str, int], Progress] = {}
+    ok, reasons = judge(100.0, 30, Sample({}, 60.0), {}, progress)
+    assert not ok and reasons == ["event loop: no health beat for 40s"]
+    ok, reasons = judge(100.0, 30, Sample({}, 100.0, ("stage1[0]: 3 sends ...",)), {}, progress)
+    assert not ok and reasons == ["stage1[0]: 3 sends ..."]
+
+
+def test_revoked_partitions_are_forgotten() -> None:
+    progress: dict[tuple[str, int], Progress] = {}
+    judge(0.0, 30, Sample({A: 1, B: 1}, 0.0), {A: 5, B: 5}, progress)
+    judge(1.0, 30, Sample({A: 1}, 1.0), {A: 5, B: 5}, progress)
+    assert set(progress) == {A}
+
+
+def test_the_monitor_judges_against_the_brokers_ends_and_ages_out() -> None:
+    sample = Sample({A: 9}, time.monotonic())
+    asked: list[list[tuple[str, int]]] = []
+
+    def ends(keys: Any) -> dict[tuple[str, int], int]:
+        asked.append(sorted(keys))
+        return {A: 50}
+
+    monitor = HealthMonitor(30, lambda: sample, ends)
+    assert monitor.check()[0] is True and asked == [[A]]
+    monitor.progress[A] = Progress(9, time.monotonic() - 31)  # 31 s without moving
+    ok, details = monitor.check()
+    assert not ok and details["stalled"][0].startswith("events[0]: lag 40, no progress for 3")
+
+    def broken(keys: Any) -> dict[tuple[str, int], int]:
+        raise RuntimeError("broker away")
+
+    monitor = HealthMonitor(30, lambda: sample, broken)
+    assert monitor.check()[0] is True  # nothing known to lag behind
+    monitor._thread = SimpleNamespace()  # type: ignore[assignment]  # "running"
+    monitor._judged_at = time.monotonic() - 60
+    ok, details = monitor.verdict()
+    assert not ok and "health monitor idle" in details["stalled"][-1]
+
+
+def _worker(stall_s: float) -> Worker:
+    return Worker(Settings.from_env({}, worker_stall_s=stall_s, event_partitions=2))
 
 
 class Consumer:
@@ -21,25 +92,38 @@ class Consumer:
         return self.high.get(tp)
 
 
-def _worker(stall_s: float) -> Worker:
-    worker = Worker(Settings.from_env({}, worker_stall_s=stall_s, event_partitions=2))
-    return worker
-
-
-def test_a_partition_with_lag_and_no_progress_makes_the_worker_unhealthy(monkeypatch: Any) -> None:
+def test_the_worker_records_applied_offsets_lag_and_unacknowledged_sends(monkeypatch: Any) -> None:
     worker = _worker(stall_s=30)
     events = worker.settings.topic_events
     tps = [TP(events, 0), TP(events, 1)]
     monkeypatch.setattr(worker, "_assigned", lambda topic: tps if topic == events else [])
     fresh = _PartitionSlot(0, SimpleNamespace(applied=99))
-    fresh.last_batch_at = time.monotonic()
     stuck = _PartitionSlot(1, SimpleNamespace(applied=9))
-    stuck.last_batch_at = time.monotonic() - 60
     worker.stage1 = {0: fresh, 1: stuck}
     worker._check_health(Consumer({tps[0]: 100, tps[1]: 50}))
+    assert worker.health() == (True, {"stalled": []})
+    assert worker._health_sample.applied == {(events, 0): 99, (events, 1): 9}
+    # partition 1 has not moved for 31 s (aiokafka's high-water mark says it has records)
+    worker._loop_progress[(events, 1)] = Progress(9, time.monotonic() - 31)
+    worker._check_health(Consumer({tps[0]: 100, tps[1]: 50}))
     ok, details = worker.health()
-    assert not ok
-    assert details["stalled"] == [f"{events}[1]: lag 40, idle 60s"]
+    assert not ok and details["stalled"][0].startswith(f"{events}[1]: lag 40, no progress")
     # caught up: no lag, however long it has been idle
     worker._check_health(Consumer({tps[0]: 100, tps[1]: 10}))
     assert worker.health()[0] is True
+
+    # an alert handed to the producer 31 s ago and still not acknowledged (the stall's send)
+    loop = asyncio.new_event_loop()
+    try:
+        fresh.sends.append(loop.create_future())
+        fresh.oldest_send_at = time.monotonic() - 31
+        worker._check_health(Consumer({tps[0]: 100, tps[1]: 10}))
+        ok, details = worker.health()
+        assert not ok
+        assert details["stalled"][0].startswith("stage1[0]: 1 sends not acknowledged for 3")
+        assert worker._health_sample.problems == tuple(details["stalled"])
+        fresh.sends[0].set_result(None)
+        worker._check_health(Consumer({tps[0]: 100, tps[1]: 10}))
+        assert worker.health()[0] is True and fresh.oldest_send_at == 0.0
+    finally:
+        loop.close()
