@@ -30,6 +30,9 @@ from streams.loadtest.procs import Proc, Procs, drop, prepare, run_settings, wai
 from streams.local import LocalClickHouse, LocalKafka
 from streams.settings import Settings
 
+#: longest wait for the sinks and workers to commit everything after the load
+DRAIN_S = 240.0
+
 
 @dataclasses.dataclass(frozen=True)
 class FaultRun:
@@ -197,7 +200,12 @@ def execute(
             FAULTS[kind](ctx)
         assert procs.wait(load, run.seconds + 300) == 0, f"load failed: see {load.log}"
         ctx.log.append(f"{time.monotonic() - started:6.1f}s load done")
-        wait_drained(settings, procs, timeout=300)
+        try:
+            wait_drained(settings, procs, timeout=DRAIN_S)
+        except AssertionError as exc:
+            _dump_stacks(procs)
+            _record_failure(run, f"not drained: {exc}", ctx.log, time.monotonic() - started)
+            raise
         ctx.log.append(f"{time.monotonic() - started:6.1f}s drained")
         ledger = Ledger.load(ledger_path, budgets=budgets)
         result = check(settings, ledger)
@@ -211,6 +219,25 @@ def execute(
         if not clickhouse.is_running():
             clickhouse.up()
         drop(settings)
+
+
+def _dump_stacks(procs: Procs) -> None:
+    """Every live worker's threads (SIGUSR2, faulthandler) and tasks (SIGUSR1, mode) into
+    its log, for a run that did not drain."""
+    for proc in procs.running("worker"):
+        for sig in (signal.SIGUSR2, signal.SIGUSR1):
+            proc.popen.send_signal(sig)
+            time.sleep(1.5)
+
+
+def _record_failure(run: FaultRun, why: str, log: list[str], seconds: float) -> None:
+    path = os.environ.get("FAULTS_RESULTS")
+    if path:
+        row = {"run": run.name, "faults": list(run.faults), "rate": run.rate}
+        row.update(load_s=run.seconds, seed=run.seed, seconds=round(seconds), ok=False)
+        row.update(summary=why, log=log)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
 
 
 def _record(outcome: Outcome) -> None:
