@@ -3,7 +3,7 @@
 Each test drives the real stages (stage 1 per partition, stage 2) through the budget-truth
 harness (tests/unit/truth_harness.py) and checks the row's own numbers, and that the stages
 agree with the reference model (``problems() == []``). The rows that involve Kafka or
-ClickHouse also have a test on the real services: tests/integration/test_budget_truth_rows.py.
+ClickHouse also have a test on the real services: tests/integration/test_budget_truth_rows_real.py.
 """
 
 from __future__ import annotations
