@@ -253,3 +253,13 @@ def test_each_door_names_what_others_may_use(room: str) -> None:
         and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
     ]
     assert exported, f"{room}/__init__.py has no __all__"
+
+
+def test_test_modules_have_unique_basenames() -> None:
+    """pytest imports test files by basename (no packages under tests/): two of one name stop
+    the whole suite's collection, which a run of one folder does not show."""
+    root = Path(__file__).resolve().parents[1]
+    seen: dict[str, Path] = {}
+    for path in sorted(root.rglob("test_*.py")):
+        other = seen.setdefault(path.name, path)
+        assert other == path, f"{path.relative_to(root)} and {other.relative_to(root)}"
