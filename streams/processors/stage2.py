@@ -321,8 +321,11 @@ class BudgetTotals:
             known = self.versions[(budget_id, version)] = {}
             self._versions_of.setdefault(budget_id, set()).add(version)
         have = known.get(p)
-        if have is not None and have[0] >= seq:
+        if have is not None and (have[0] > seq or (have[0] == seq and have[1] == split)):
             return False
+        # at the same sequence, another split is a restarted stage 1's: it took the version
+        # at another offset (its checkpoint was older than the first announcement), and its
+        # partials from now on count from there; the later one on the topic wins
         known[p] = [seq, split, ts]
         return have is None or have[1] != split
 

@@ -287,3 +287,50 @@ def test_alerts_do_not_depend_on_batches_or_restarts(scenario: tuple[int, list[O
     calm = [op for op in ops if not isinstance(op, Checkpoint | Crash | Process | Answer)]
     other = check(partitions, calm)
     assert sorted(harness.kinds.items()) == sorted(other.kinds.items())
+
+
+def test_a_stage_1_restored_from_before_a_budget_takes_it_at_another_split() -> None:
+    """Found by ``make truth-long``: stage 1 checkpoints, counts an event, then a budget
+    appears (its split: after the event, which the baseline holds); stage 1 crashes and is
+    restored from before both, so the replay takes the budget before the event (split 1, the
+    event in the stream) at the same sequence number. Stage 2 kept the first split, never
+    asked the baseline the replay's partials need, and the total stayed unknown."""
+    budget = budget_from_spec(
+        {"id": "org-month", "scope": {"org": "acme"}, "period": "month", "limit_tokens": 500},
+        BASE,
+    )
+    one = {
+        "event_id": str(uuid.UUID(int=1)),
+        "event_time": BASE,
+        "org_id": "acme",
+        "team_id": "platform",
+        "user_id": "ana",
+        "project_id": None,
+        "api_key_id": None,
+        "session_id": None,
+        "turn": None,
+        "client": "claude-code",
+        "task_type": "agentic",
+        "provider": "anthropic",
+        "model": "claude-sonnet-4-5",
+        "input_tokens": 1_000,
+        "cache_read_tokens": 0,
+        "cache_write_5m_tokens": 0,
+        "cache_write_1h_tokens": 0,
+        "output_tokens": 0,
+        "reasoning_tokens": 0,
+        "cost_nanos": 5,
+        "status": "ok",
+        "labels": {},
+    }
+    ops: list[Op] = [
+        Append(0, BASE, None),
+        Process(0, 1),
+        Checkpoint(0),
+        Append(0, BASE, one),
+        Change((budget,), BASE),
+        Crash(0),
+    ]
+    harness = check(1, ops)
+    assert harness.problems() == []
+    assert harness.totals.spent(budget, 1_777_593_600_000) == 1_000  # 2026-05-01
