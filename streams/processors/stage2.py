@@ -405,6 +405,11 @@ class BudgetTotals:
             return out  # evaluated once the last one is in
         starts = {k[2] for k in self.buckets if k[0] == bid and k[1] == version}
         starts |= {k[4] for k, v in self.baselines.items() if k[:2] == (bid, version) and any(v)}
+        # an answer that comes after its period went final decides nothing for it (its
+        # alert ids may be forgotten already: they would be published again)
+        if current.period != "rolling":
+            gone = self.gone()
+            starts = {s for s in starts if self._cache(current).of(s).end > gone}
         self._evaluate(current, starts, self.now_ms(), out)
         return out
 

@@ -334,3 +334,10 @@ def test_a_stage_1_restored_from_before_a_budget_takes_it_at_another_split() -> 
     harness = check(1, ops)
     assert harness.problems() == []
     assert harness.totals.spent(budget, 1_777_593_600_000) == 1_000  # 2026-05-01
+    # the baseline the replay needs is answered only after the period went final (a day
+    # and more later): it decides nothing, and the alerts go out once
+    two = dict(one, event_id=str(uuid.UUID(int=2)))
+    late: list[Op] = [Append(0, BASE, one), Process(0, 1), Checkpoint(0), Append(0, BASE, two)]
+    late += [Change((budget,), BASE), Crash(0), Process(0, 36), Tick(BASE + 33 * HOUR)]
+    harness = check(1, late)
+    assert harness.problems() == []
