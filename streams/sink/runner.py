@@ -566,9 +566,14 @@ class Sink:
                 if kind is Failure.BAD_DATA and refusable:
                     raise _Refused(failures.reason(exc)) from exc
                 if kind is not Failure.TRANSIENT:
+                    hint = (
+                        " (run `spendstream migrate` first)"
+                        if failures.error_code(exc) in (60, 81)  # UNKNOWN_TABLE, _DATABASE
+                        else ""
+                    )
                     raise SinkError(
                         f"ClickHouse refused the sink's {what} (not retried, it cannot get "
-                        f"better by itself): {failures.reason(exc)}"
+                        f"better by itself): {failures.reason(exc)}{hint}"
                     ) from exc
                 if time.monotonic() - self._last_error_log > 30:
                     self._last_error_log = time.monotonic()

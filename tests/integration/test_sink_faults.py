@@ -307,6 +307,7 @@ def test_an_error_retrying_cannot_fix_stops_the_sink_with_one_clear_error(env: E
     assert isinstance(sink.error, SinkError)
     message = str(sink.error)
     assert "ClickHouse refused the sink's insert" in message and "error 60" in message
+    assert "spendstream migrate" in message
     assert "http://" not in message
 
 
