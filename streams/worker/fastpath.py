@@ -100,6 +100,13 @@ class BatchConsumer(aiokafka_driver.Consumer):
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     yield tp, self._to_message(tp, record)
 
+    async def wait_empty(self) -> None:
+        """faust's wait for every fetched message to be acked, skipped while stopping (see
+        ``SpendApp._stop_consumer``): then faust commits what is acked and stops."""
+        if self.should_stop or getattr(self.app, "_stopping_consumer", False):
+            return
+        await super().wait_empty()
+
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -271,6 +278,18 @@ class SpendApp(faust.App):
     """faust.App using BatchTransport for consuming."""
 
     batch_topics: set[str]
+
+    async def _stop_consumer(self) -> None:
+        """faust's, without waiting for every fetched message to be acked.
+
+        The worker acks a batch only at the checkpoint that holds it, and no checkpoint comes
+        once the app stops: faust's wait (``stream_wait_empty``) then never ended, and a
+        SIGTERMed worker hung until killed (found by the fault runs' rebalance). What is not
+        acked is replayed from the last commit by the next owner, as after a SIGKILL;
+        rebalances still wait (``BatchConsumer.wait_empty``).
+        """
+        self._stopping_consumer = True
+        await super()._stop_consumer()
 
     def _new_transport(self) -> Any:
         return BatchTransport(self.conf.broker_consumer, self)

@@ -14,6 +14,7 @@ from typing import Any
 
 import faust
 import pytest
+from faust.app import base as app_base
 from faust.tables.base import Collection
 from faust.transport import consumer as consumer_mod
 from faust.transport.conductor import ConductorCompiler
@@ -324,3 +325,13 @@ def test_small_batches_commit_in_one_tick_not_one_batch_per_tick() -> None:
         fake._acked_index[tp].add(last)
         read, first = last, last + 1
     assert consumer_mod.Consumer._new_offset(fake, tp) < read + 1  # type: ignore[arg-type]
+
+
+def test_stop_waits_for_every_ack_through_the_paths_spendapp_overrides() -> None:
+    """SpendApp._stop_consumer / BatchConsumer.wait_empty skip faust's wait for unacked
+    messages on stop (a SIGTERMed worker hung: its batches are acked only at checkpoints)."""
+    _source_has(app_base.App._stop_consumer, "await self._consumer_wait_empty(consumer, self.log)")
+    _source_has(app_base.App._consumer_wait_empty, "await consumer.wait_empty()")
+    _source_has(consumer_mod.Consumer.on_stop, "await self.wait_empty()")
+    assert "_stop_consumer" in vars(app_mod.SpendApp)
+    assert "wait_empty" in vars(app_mod.BatchConsumer)
