@@ -2,7 +2,7 @@
 
     python -m loadtest.bench_worker                      # defaults below
     python -m loadtest.bench_worker --events 1000000 --baseline-events 30000 --partitions 6
-    python -m loadtest.bench_worker --only-latency --rate 10000 --seconds 30
+    python -m loadtest.bench_worker --only-latency --rates 10000,30000 --seconds 20 --runs 5
 
 Runs against the local stack (started if needed) or SPENDSTREAM_KAFKA_BOOTSTRAP. Every phase
 uses fresh topics and consumer groups. Prints the machine block of loadtest/machine.py (CPU,
@@ -20,7 +20,7 @@ the worker's log.
 2. Baseline, same run, same topic: a plain faust agent written the usual way (per-message
    stream, Avro decode per event, four tumbling windowed Tables updated per event) over
    ``--baseline-events`` of the same events.
-3. Alert latency at ``--rate`` events/s for ``--seconds``: background traffic plus probe
+3. Alert latency at each of ``--rates`` events/s for ``--seconds``: background traffic plus probe
    events that each push a dedicated budget over 100%; latency = probe produced -> its alert
    received by a consumer of the alerts topic (p50/p95/p99).
 """
@@ -32,6 +32,7 @@ import dataclasses
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import time
@@ -167,7 +168,15 @@ def run_fast_worker(
     settings: Settings, specs: list[dict[str, Any]], total: int, result: Any
 ) -> None:
     """Child process: the real Worker; reports wall and CPU time of the catch-up."""
+    import logging
+
     from streams.worker import Worker, WorkerConfig
+
+    die_with_parent()
+    # a spawned child has no logging set up: without this its log (BENCH_LOG_LEVEL) is lost
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     worker = Worker(settings, WorkerConfig.from_settings(settings), budgets=_budgets(specs))
 
@@ -209,6 +218,8 @@ def run_fast_worker(
 def run_baseline(settings: Settings, total: int, result: Any) -> None:
     """Child process: faust the usual way (per-event stream, windowed Tables per event)."""
     import faust
+
+    die_with_parent()
 
     from streams.worker import broker_settings
     from streams.worker.worker import _new_loop
@@ -255,6 +266,30 @@ def run_baseline(settings: Settings, total: int, result: Any) -> None:
         app, loglevel="WARNING", loop=_new_loop(), redirect_stdouts=False, override_logging=False
     )
     worker.execute_from_commandline()
+
+
+def die_with_parent() -> None:
+    """In a benchmark's child: exit once the parent is gone. A benchmark killed by a timeout
+    left its worker child running (it never stops by itself), and a few of those kept the
+    shared machine's load at 6-9 and slowed the runs after it."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (``timeout``, a heavy-slot limit) raises SystemExit, so that the ``finally``
+    blocks run: children stopped, the run's topics deleted (Python's default dies at once)."""
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _peak_rss_mb() -> int:
@@ -406,6 +441,7 @@ def main() -> None:
 
     from loadtest.latency import LatencyRun, median_of
 
+    exit_on_sigterm()
     machine = Machine()
     base = Settings.from_env()
     if base.kafka_is_local:

@@ -1,6 +1,6 @@
 """The latency phase of loadtest/bench_worker.py: where an alert's and a block's time goes.
 
-One real worker (a child process) runs over fresh topics; for each ``--rate`` in turn, the
+One real worker (a child process) runs over fresh topics; for each of ``--rates`` in turn, the
 main process produces background traffic at that rate (the generated events, fresh ids) for
 ``--seconds``, plus two kinds of probes:
 
@@ -134,6 +134,9 @@ def _probe_event(user: str, cost: int, session: str | None = None) -> dict[str, 
 def run_observer(settings: Settings, partials: str, stop: Any, live: Any, result: Any) -> None:
     """Child process: an ordinary subscriber of the partials, alerts and enforcement topics;
     stamps each probe's partial, record and (alerts) receipt."""
+    from loadtest.bench_worker import die_with_parent
+
+    die_with_parent()
     decode_pack = msgspec.msgpack.Decoder().decode
     alerts = AvroCodec("budget_alert")
     consumer = Consumer(
@@ -213,8 +216,10 @@ def run_block_agent(
 ) -> None:
     """Child process: ``count`` runaway agents, one starting every BLOCK_EVERY_S from
     ``start_at`` (wall s), each spending until the SDK's ``check()`` answers blocked."""
+    from loadtest.bench_worker import die_with_parent
     from streams.sdk.enforcement import EnforcementWatcher
 
+    die_with_parent()
     watcher = EnforcementWatcher(settings, poll_s=0.05).start(60)
     producer = Producer(
         {
@@ -325,6 +330,23 @@ def scrape(port: int) -> dict[str, dict[float, float]]:
                 hop = sample.labels["hop"]
                 out.setdefault(hop, {})[float(sample.labels["le"])] = sample.value
     return out
+
+
+def _progress(port: int) -> str:
+    """The worker's lag and event counts from /metrics (why a warm-up did not come back)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        return f"/metrics unreachable ({exc})"
+    wanted = ("spendstream_worker_lag", "spendstream_worker_events", "spendstream_worker_alerts")
+    found = []
+    for family in text_string_to_metric_families(text):
+        if family.name in wanted:
+            found += [f"{s.name}{s.labels}={s.value:g}" for s in family.samples]
+    return "; ".join(found) or "no lag or event metrics yet"
 
 
 def histogram_quantiles(
@@ -460,6 +482,8 @@ class LatencyRun:
             probe("probe-warm", "probe-user-warm")
             deadline = time.monotonic() + WARMUP_S
             while time.monotonic() < deadline:
+                if not worker.is_alive():
+                    raise SystemExit(f"the worker exited (code {worker.exitcode}) before warm-up")
                 producer.poll(0.1)
                 try:
                     live.get(timeout=0.1)
@@ -467,7 +491,10 @@ class LatencyRun:
                 except Exception:  # queue.Empty
                     continue
             else:
-                raise SystemExit(f"worker did not raise the warm-up alert within {WARMUP_S} s")
+                raise SystemExit(
+                    f"worker did not raise the warm-up alert within {WARMUP_S} s; its progress:"
+                    f" {_progress(port)}"
+                )
             generated = list(generate_events(max(self.rates) * self.seconds, seed=11, shape=shape))
             phases = []
             for phase, rate in enumerate(self.rates):

@@ -15,6 +15,7 @@ loudly if an upgrade changes what this relies on.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aiokafka import errors as kafka_errors
@@ -26,6 +27,18 @@ AIOKAFKA_VERSION = "0.14.0"
 _READ_UNCOMMITTED = 0  # aiokafka.util.READ_UNCOMMITTED
 #: topics whose records stay aiokafka's C records (``install`` adds to it)
 _fast_topics: set[str] = set()
+
+
+class FetchedBatch(list[Any]):
+    """One partition's fetched records, with when the client received and handed them over
+    (UTC seconds): the fetch hops of the worker's histograms (streams/worker/metrics.py)."""
+
+    __slots__ = ("received", "taken")
+
+    def __init__(self, records: list[Any], received: float, taken: float) -> None:
+        super().__init__(records)
+        self.received = received
+        self.taken = taken
 
 
 class BatchTopicRecords(fetcher_mod.PartitionRecords):
@@ -69,7 +82,10 @@ class BatchTopicFetchResult(fetcher_mod.FetchResult):
         found = records.drain()
         self._update_position()
         self._partition_records = None
-        return found
+        # aiokafka stamps a FetchResult (monotonic) when the fetch response is parsed
+        now = time.time()
+        created: float = getattr(self, "_created", time.monotonic())
+        return FetchedBatch(found, now - (time.monotonic() - created), now)
 
 
 def install(topics: set[str]) -> None:

@@ -15,15 +15,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 #: the hops, in the order an event meets them
 HOPS: Final = (
-    "appended_to_fetched",  # broker append -> stage 1 has the batch
+    "appended_to_fetched",  # broker append -> stage 1 has the batch (the next three hops)
+    "events_received",  # broker append of a batch's newest event -> its fetch response parsed
+    "events_buffered",  # fetch response parsed -> handed to faust (aiokafka's buffer)
+    "events_queued",  # handed to faust -> stage 1 has it (faust's queue, the event loop)
     "stage1",  # stage 1's work on a batch
-    "partials_in_flight",  # partials pack sent -> stage 2 has it
+    "partials_in_flight",  # partials pack sent -> stage 2 has it (the next three hops)
+    "partials_received",  # broker append of a batch's newest pack -> its fetch response parsed
+    "partials_buffered",  # fetch response parsed -> handed to faust
+    "partials_queued",  # handed to faust -> stage 2 has it
     "stage2",  # stage 2's work on a batch
     "appended_to_alert",  # broker append of the newest event -> its alert handed over
     "appended_to_block",  # the same for a block-state record
     "alert_ack",  # alert handed over -> the broker acknowledged it
     "block_ack",  # block-state record handed over -> acknowledged
     "checkpoint",  # one partition's checkpoint (snapshot and changelog writes)
+    "rollup_chunk",  # encoding and handing over one chunk of rollup rows (blocks the loop)
+    "loop_lag",  # how late a 10 ms sleep of the event loop wakes (a blocked loop delays all)
 )
 BUCKETS: Final = (
     0.001,

@@ -77,6 +77,8 @@ ROLLUP_PAUSE_S = 0.005
 #: its batches, and when it is idle (heartbeats, from the timer)
 CLOCK_EVERY_S = 1.0
 IDLE_CLOCK_EVERY_S = 5.0
+#: the event loop's lag is measured by a sleep this long (metrics hop ``loop_lag``)
+LOOP_PROBE_S = 0.01
 #: between two reads of the sink's progress while a baseline or a lookup waits for it
 SINK_WAIT_S = 0.25
 #: longest pause between retries of a failed ClickHouse read
@@ -237,6 +239,7 @@ class Worker:
 
         app.timer(HEALTH_EVERY_S, name="health")(health_timer)
         app.task(self._rollup_sender)
+        app.task(self._watch_loop)
 
         async def dumps() -> None:  # once mode's Worker installed its signal handlers
             install_stack_dumps()
@@ -321,6 +324,7 @@ class Worker:
         newest = message.value[-1].timestamp if message.value else None
         if newest:
             hops["appended_to_fetched"].observe(max(0.0, time.time() - newest / 1000))
+            _observe_fetch(hops, "events", message.value, newest)
         started = time.perf_counter()
         out = processor.process(message.value)
         hops["stage1"].observe(time.perf_counter() - started)
@@ -527,8 +531,19 @@ class Worker:
             self._rollups_waiting.clear()
             for slot in list(self.stage1.values()):
                 while slot.rollups and self.stage1.get(slot.partition) is slot:
+                    started = time.perf_counter()
                     self._send_rollup_chunk(slot)
+                    self.metrics.hops["rollup_chunk"].observe(time.perf_counter() - started)
                     await asyncio.sleep(ROLLUP_PAUSE_S)
+
+    async def _watch_loop(self) -> None:
+        """How late the event loop wakes from a short sleep: a batch, a checkpoint or a chunk
+        that holds the loop delays every agent, and so every alert, by as much."""
+        lag = self.metrics.hops["loop_lag"]
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(LOOP_PROBE_S)
+            lag.observe(max(0.0, time.perf_counter() - started - LOOP_PROBE_S))
 
     @property
     def rollup_producer(self) -> Producer:
@@ -605,6 +620,8 @@ class Worker:
                 log.error("unreadable partials at offset %d: %s", record.offset, exc)
         hops = self.metrics.hops
         now = time.time() * 1000
+        if message.value and message.value[-1].timestamp:
+            _observe_fetch(hops, "partials", message.value, message.value[-1].timestamp)
         clock = 0
         for _, pack in decoded:
             clock = max(clock, pack.get("ck", 0))
@@ -915,6 +932,18 @@ class Worker:
 #: broker's append times they split a record's way into hops (loadtest/bench_worker.py)
 HEADER_FETCHED = "spendstream-fetched-ms"
 HEADER_HANDED = "spendstream-handed-ms"
+
+
+def _observe_fetch(hops: Mapping[str, Any], topic: str, batch: Any, newest_ms: int) -> None:
+    """The fetch hops of a batch stamped by streams.worker.fetch (appended -> received ->
+    handed to faust -> the agent has it)."""
+    received = getattr(batch, "received", None)
+    if received is None:
+        return
+    now = time.time()
+    hops[f"{topic}_received"].observe(max(0.0, received - newest_ms / 1000))
+    hops[f"{topic}_buffered"].observe(max(0.0, batch.taken - received))
+    hops[f"{topic}_queued"].observe(max(0.0, now - batch.taken))
 
 
 def _hop_headers(fetched: int) -> list[tuple[str, bytes]]:

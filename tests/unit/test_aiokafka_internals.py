@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import struct
+import time
 from typing import Any
 
 import aiokafka
@@ -150,6 +151,25 @@ def test_getall_drains_batch_topics_and_leaves_others_to_aiokafka() -> None:
         assert isinstance(got[0], aiokafka.structs.ConsumerRecord) is not fast
         assert assignment.state.position == 8
         assert not result.has_more()
+
+
+def test_a_drained_batch_says_when_it_was_received_and_handed_over() -> None:
+    """The worker's fetch hops (streams/worker/metrics.py) read these two stamps."""
+    fetch.install({"events"})
+    tp = TopicPartition("events", 0)
+    records = fetch.BatchTopicRecords(
+        tp, MemoryRecords(_batches([(0, 3)])), None, 0, None, None, True, 0
+    )
+    result = fetch.BatchTopicFetchResult(
+        tp, assignment=_Assignment(0), partition_records=records, backoff=0
+    )
+    result._created -= 0.5  # the response was parsed half a second ago
+    before = time.time()
+    got = result.getall()
+    assert isinstance(got, fetch.FetchedBatch)
+    assert [r.offset for r in got] == [0, 1, 2]
+    assert before <= got.taken <= time.time()
+    assert 0.45 <= got.taken - got.received <= 0.6
 
 
 def test_getall_with_a_record_limit_is_aiokafkas() -> None:
