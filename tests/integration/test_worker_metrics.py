@@ -90,13 +90,20 @@ def test_metrics_show_every_hop_of_an_alert_and_health_is_ok(
             time.sleep(0.5)
         for hop in (
             "appended_to_fetched",
+            "events_received",
+            "events_buffered",
+            "events_queued",
             "stage1",
             "partials_in_flight",
+            "partials_received",
+            "partials_buffered",
+            "partials_queued",
             "stage2",
             "appended_to_alert",
             "appended_to_block",
             "alert_ack",
             "block_ack",
+            "loop_lag",
         ):
             assert hops.get(hop, 0) > 0, (hop, hops)
         status, body = _get(base + "/healthz")
