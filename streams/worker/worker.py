@@ -79,6 +79,15 @@ CLOCK_EVERY_S = 1.0
 IDLE_CLOCK_EVERY_S = 5.0
 #: the event loop's lag is measured by a sleep this long (metrics hop ``loop_lag``)
 LOOP_PROBE_S = 0.01
+#: checkpoints may take at most this share of the event loop: a whole-state snapshot costs
+#: in proportion to the state (open windows, sessions, partials), not to the traffic, and at
+#: 10-30k events/s one partition's took 100+ ms after a few minutes, so checkpointing every
+#: slot every second held the loop most of the time and alert latency grew round by round
+#: (0.46 -> 4.6 s p99, loadtest/latency.py). A slot whose checkpoint took ``c`` waits
+#: ``c * slots / CHECKPOINT_SHARE`` (at least the flush interval, at most CHECKPOINT_MAX_S).
+CHECKPOINT_SHARE = 0.1
+#: longest wait between two checkpoints of a slot (bounds the replay after a crash)
+CHECKPOINT_MAX_S = 20.0
 #: between two reads of the sink's progress while a baseline or a lookup waits for it
 SINK_WAIT_S = 0.25
 #: longest pause between retries of a failed ClickHouse read
@@ -110,6 +119,8 @@ class _PartitionSlot:
     last_batch_at: float = 0.0
     waiting_since: float = 0.0
     reported_at: float = 0.0
+    #: monotonic time before which this slot is not checkpointed again (see CHECKPOINT_SHARE)
+    next_checkpoint_at: float = 0.0
 
     def settled(self) -> bool:
         """Every send acknowledged (a failed one stops the worker: see Worker._sent)."""
@@ -821,14 +832,22 @@ class Worker:
         """
         if self._rollup_producer is not None:
             self._rollup_producer.poll(0)
-        for slot in list(self.stage1.values()):
-            if self.stage1.get(slot.partition) is slot and slot.held and slot.settled():
-                self._checkpoint1(slot)
-                await asyncio.sleep(0)
-        for slot in list(self.stage2.values()):
-            if self.stage2.get(slot.partition) is slot and slot.held and slot.settled():
-                self._checkpoint2(slot)
-                await asyncio.sleep(0)
+        slots = len(self.stage1) + len(self.stage2)
+        for stage, write in ((self.stage1, self._checkpoint1), (self.stage2, self._checkpoint2)):
+            for slot in list(stage.values()):
+                if (
+                    stage.get(slot.partition) is slot
+                    and slot.held
+                    and time.monotonic() >= slot.next_checkpoint_at
+                    and slot.settled()
+                ):
+                    began, started = time.monotonic(), time.perf_counter()
+                    write(slot)
+                    interval = self.config.flush_interval_s
+                    wait = checkpoint_wait(time.perf_counter() - started, slots, interval)
+                    # a cheap checkpoint leaves the slot to the timer, as before
+                    slot.next_checkpoint_at = began + wait if wait > interval else 0.0
+                    await asyncio.sleep(0)
         self._report_unsettled()
 
     def _report_unsettled(self) -> None:
@@ -875,12 +894,14 @@ class Worker:
         self.metrics.hops["checkpoint"].observe(time.perf_counter() - started)
 
     def _checkpoint2(self, slot: _PartitionSlot) -> None:
+        started = time.perf_counter()
         epoch = slot.epoch + 1
         state = {"stage": slot.processor.snapshot()}
         for key, value in checkpoint.encode_pages(f"{slot.partition}", epoch, state):
             self._write(self.table2, slot.partition, key, value)
         slot.epoch = epoch
         self._ack(slot)
+        self.metrics.hops["checkpoint"].observe(time.perf_counter() - started)
 
     @staticmethod
     def _ack(slot: _PartitionSlot) -> None:
@@ -958,6 +979,12 @@ def _hop_headers(fetched: int) -> list[tuple[str, bytes]]:
 #: ms pause of every agent (measured at 10k events/s: it showed as alert latency spikes).
 #: Young generations are still collected often; a full collection waits ~100x longer.
 GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def checkpoint_wait(cost_s: float, slots: int, interval_s: float) -> float:
+    """How long a slot whose checkpoint took ``cost_s`` waits for its next one: checkpoints of
+    ``slots`` such slots then take at most CHECKPOINT_SHARE of the loop (see there)."""
+    return min(CHECKPOINT_MAX_S, max(interval_s, cost_s * max(1, slots) / CHECKPOINT_SHARE))
 
 
 def tune_gc() -> None:

@@ -8,6 +8,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from faust.types import TP
 
 from streams.settings import Settings
@@ -127,3 +128,37 @@ def test_the_worker_records_applied_offsets_lag_and_unacknowledged_sends(monkeyp
         assert worker.health()[0] is True and fresh.oldest_send_at == 0.0
     finally:
         loop.close()
+
+
+def test_a_slow_checkpoint_spaces_the_next_ones_out() -> None:
+    from streams.worker.worker import CHECKPOINT_MAX_S, checkpoint_wait
+
+    assert checkpoint_wait(0.001, 12, 1.0) == 1.0  # small state: every flush interval
+    assert checkpoint_wait(0.1, 12, 1.0) == pytest.approx(12.0)  # 12 x 0.1 s = 10% of 12 s
+    assert checkpoint_wait(5.0, 12, 1.0) == CHECKPOINT_MAX_S
+
+
+def test_a_slot_waits_for_its_next_checkpoint_time(monkeypatch: Any) -> None:
+    import asyncio
+
+    worker = _worker(stall_s=30)
+    written: list[int] = []
+    monkeypatch.setattr(worker, "_checkpoint1", lambda slot: written.append(slot.partition))
+    due, later = _PartitionSlot(0, None), _PartitionSlot(1, None)
+    due.held, later.held = [object()], [object()]
+    later.next_checkpoint_at = time.monotonic() + 60
+    worker.stage1 = {0: due, 1: later}
+    asyncio.run(worker.checkpoint_all())
+    assert written == [0]
+    assert due.next_checkpoint_at == 0.0  # a cheap one: the next timer tick checkpoints it
+
+    def slow(slot: _PartitionSlot) -> None:
+        time.sleep(0.2)
+        written.append(slot.partition)
+
+    monkeypatch.setattr(worker, "_checkpoint1", slow)
+    due.held = [object()]
+    asyncio.run(worker.checkpoint_all())
+    assert written == [0, 0]
+    # 0.2 s x 2 slots / CHECKPOINT_SHARE: about 4 s from the checkpoint's start
+    assert 3.5 <= due.next_checkpoint_at - time.monotonic() <= 4.0
