@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup setup-helm demo test lint faults fuzz soak truth-long bench-producer bench-sink bench-worker bench-queries clean
+.PHONY: setup setup-helm demo test lint faults fuzz soak truth-long loadtest bench-producer bench-sink bench-worker bench-queries clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -60,6 +60,13 @@ truth-long: setup
 # RSS plotted into loadtest/results/soak-*/ (loadtest/soak.py; results in tests/faults/README.md)
 soak: setup
 	$(PY) -m loadtest.soak --minutes 10
+
+# the load-test harness (loadtest/README.md): the whole pipeline at a rate, checked against its
+# ledger, results in loadtest/results/SCENARIO-TIME/. make loadtest SCENARIO=catch-up ARGS=...
+SCENARIO ?= steady
+ARGS ?= --compare
+loadtest: setup
+	PYTHONPATH=$(CURDIR) $(PY) -m streams loadtest run --scenario $(SCENARIO) $(ARGS)
 
 bench-producer: setup
 	$(PY) -m loadtest.bench_producer

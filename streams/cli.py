@@ -33,6 +33,13 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "demo": ("streams.demo", "demo", "all", "Run the demo on the embedded local stack."),
     "prices": ("streams.pricing.cli", "prices", None, "Show, quote and sync the price catalog."),
     "alerts": ("streams.alerts.cli", "alerts", None, "Follow the alerts topic (alerts tail)."),
+    # loadtest/ lives in the source checkout, beside streams/ (it starts the local stack)
+    "loadtest": (
+        "loadtest.cli",
+        "loadtest",
+        None,
+        "Run a load-test scenario end to end (from a source checkout).",
+    ),
 }
 
 

@@ -149,6 +149,10 @@ class Procs:
             **extra,
         )
 
+    def spawn(self, name: str, argv: list[str], **extra: str) -> Proc:
+        """Any other process of the run (a load generator), in the run's environment."""
+        return self._spawn(name, argv, **extra)
+
     def load(self, ledger: Path, rate: float, count: int, seed: int = 1, prefix: str = "f") -> Proc:
         argv = [sys.executable, "-m", "streams.loadtest.load", "--ledger", str(ledger)]
         argv += ["--rate", str(rate), "--count", str(count), "--seed", str(seed)]

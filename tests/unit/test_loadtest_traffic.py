@@ -150,3 +150,41 @@ def test_merged_agents_equal_one_ledger_and_survive_a_file(tmp_path: Path) -> No
     assert one.same_as(SpendTotals().add_all(a))  # a difference is reported
     with pytest.raises(ValueError, match="two agents"):
         merged.merge(SpendTotals().add_all(a))
+
+
+# ---------------------------------------------------------------------------- scenarios
+
+
+def test_every_scenario_loads_and_plans_budgets_that_its_traffic_crosses() -> None:
+    from loadtest import scenario as scenarios
+
+    assert {"smoke", "steady", "burst", "month-end", "runaway", "catch-up"} <= set(
+        scenarios.names()
+    )
+    for name in scenarios.names():
+        s = scenarios.load(name)
+        assert s.seconds > 0 and s.rate > 0
+    month_end = scenarios.load("month-end")
+    budgets = month_end.with_overrides(rate=100.0).budgets(now_ms=NOW)
+    assert len([b for b in budgets if b.user_id]) == 300
+    smoke = scenarios.load("smoke").with_overrides(duration_s=20.0, rate=50.0)
+    assert smoke.seconds == 20.0 and smoke.planned_events == 1000
+    burst = scenarios.load("burst").with_overrides(duration_s=90.0)
+    assert burst.seconds == pytest.approx(90.0)
+    assert [r for _, r in burst.schedule()] == [1000.0, 10000.0, 1000.0]
+    with pytest.raises(ValueError, match="no scenario"):
+        scenarios.load("nope")
+
+
+def test_phase_figures_judge_lag_bounded_or_growing() -> None:
+    from loadtest.run import phase_figures
+
+    samples = []
+    for t in range(0, 21):
+        produced = 1000 * t
+        worker = produced - 500 if t < 10 else 10_000 - 500 + 200 * (t - 10)  # falls behind
+        samples.append({"t": float(t), "produced": produced, "worker": worker, "sink": produced})
+    first, second = phase_figures(samples, ((10.0, 1000.0), (10.0, 1000.0)), 0.0)
+    assert first["bounded"] and first["worker_per_s"] == pytest.approx(1000.0)
+    assert not second["bounded"] and not second["worker_bounded"] and second["sink_bounded"]
+    assert second["end_to_end_per_s"] == pytest.approx(200.0, rel=0.2)
