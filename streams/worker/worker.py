@@ -107,7 +107,9 @@ class _PartitionSlot:
     held: list[Any] = dataclasses.field(default_factory=list)
     #: sends the broker has not acknowledged yet: the checkpoint waits for them
     sends: list[asyncio.Future[Any]] = dataclasses.field(default_factory=list)
-    #: when the oldest send of ``sends`` was handed over (0: none waiting)
+    #: when each send of ``sends`` was handed over (same order)
+    send_times: list[float] = dataclasses.field(default_factory=list)
+    #: when the oldest send still waiting was handed over (0: none waiting)
     oldest_send_at: float = 0.0
     dd_chunks: list[list[int]] = dataclasses.field(default_factory=list)  # [epoch, max minute]
     #: closed 1-minute windows' rows not yet sent (lazy), and rows sent but not acknowledged
@@ -122,11 +124,18 @@ class _PartitionSlot:
     #: monotonic time before which this slot is not checkpointed again (see CHECKPOINT_SHARE)
     next_checkpoint_at: float = 0.0
 
+    def track(self, send: asyncio.Future[Any], handed_at: float) -> None:
+        if not self.sends:
+            self.oldest_send_at = handed_at
+        self.sends.append(send)
+        self.send_times.append(handed_at)
+
     def settled(self) -> bool:
         """Every send acknowledged (a failed one stops the worker: see Worker._sent)."""
-        self.sends = [f for f in self.sends if not f.done()]
-        if not self.sends:
-            self.oldest_send_at = 0.0
+        waiting = [(f, t) for f, t in zip(self.sends, self.send_times, strict=True) if not f.done()]
+        self.sends = [f for f, _ in waiting]
+        self.send_times = [t for _, t in waiting]
+        self.oldest_send_at = self.send_times[0] if waiting else 0.0
         return not self.sends and not self.rollups and not self.rollups_unacked
 
 
@@ -284,9 +293,7 @@ class Worker:
             self.app.loop.create_task(self.app.crash(cast(BaseException, fut.exception())))
 
         future.add_done_callback(done)
-        if not slot.sends:
-            slot.oldest_send_at = time.monotonic()
-        slot.sends.append(future)
+        slot.track(future, time.monotonic())
 
     # ------------------------------------------------------------------ stage 1
 

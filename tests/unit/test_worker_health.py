@@ -116,8 +116,7 @@ def test_the_worker_records_applied_offsets_lag_and_unacknowledged_sends(monkeyp
     # an alert handed to the producer 31 s ago and still not acknowledged (the stall's send)
     loop = asyncio.new_event_loop()
     try:
-        fresh.sends.append(loop.create_future())
-        fresh.oldest_send_at = time.monotonic() - 31
+        fresh.track(loop.create_future(), time.monotonic() - 31)
         worker._check_health(Consumer({tps[0]: 100, tps[1]: 10}))
         ok, details = worker.health()
         assert not ok
@@ -162,3 +161,26 @@ def test_a_slot_waits_for_its_next_checkpoint_time(monkeypatch: Any) -> None:
     assert written == [0, 0]
     # 0.2 s x 2 slots / CHECKPOINT_SHARE: about 4 s from the checkpoint's start
     assert 3.5 <= due.next_checkpoint_at - time.monotonic() <= 4.0
+
+
+def test_sends_acknowledged_in_turn_never_look_stuck() -> None:
+    """Under steady traffic some send is always in flight: the age that counts is the oldest
+    send still waiting, not the first of an unbroken run (which made /healthz fail falsely)."""
+    slot = _PartitionSlot(0, SimpleNamespace(applied=0))
+    loop = asyncio.new_event_loop()
+    try:
+        older, newer = loop.create_future(), loop.create_future()
+        slot.track(older, 100.0)
+        slot.track(newer, 130.0)
+        slot.settled()
+        assert slot.oldest_send_at == 100.0
+        older.set_result(None)
+        assert not slot.settled() and slot.oldest_send_at == 130.0
+        newest = loop.create_future()
+        slot.track(newest, 160.0)
+        newer.set_result(None)
+        assert not slot.settled() and slot.oldest_send_at == 160.0
+        newest.set_result(None)
+        assert slot.settled() is True and slot.oldest_send_at == 0.0
+    finally:
+        loop.close()
