@@ -321,11 +321,15 @@ class BudgetTotals:
             known = self.versions[(budget_id, version)] = {}
             self._versions_of.setdefault(budget_id, set()).add(version)
         have = known.get(p)
-        if have is not None and (have[0] > seq or (have[0] == seq and have[1] == split)):
+        if have is not None and have[1] == split:
+            if seq > have[0]:
+                known[p] = [seq, split, ts]
             return False
-        # at the same sequence, another split is a restarted stage 1's: it took the version
-        # at another offset (its checkpoint was older than the first announcement), and its
-        # partials from now on count from there; the later one on the topic wins
+        # another split is a restarted stage 1's (one incarnation never moves a version's
+        # split): it took the version at another offset (its checkpoint was older than the
+        # first announcement), and its partials from now on count from there. The later one
+        # on the topic wins whatever its sequence: a replay's can be lower (the lookups
+        # answered before the first announcement are not answered yet in the replay)
         known[p] = [seq, split, ts]
         return have is None or have[1] != split
 
