@@ -666,7 +666,9 @@ class PartitionAggregator:
         cfg = self.config
         for budget in matcher.match_signature(key[:7], dict(labels) if labels else None):
             version = self.versions.get((budget.budget_id, budget.total_version))
-            if version is None:
+            if version is None or offset < version[0]:
+                # before the version's split: the sink stored it (the lookup said so), so
+                # stage 2's baseline holds it; a budget taken while its lookup was pending
                 continue
             period = self._period_cache(budget).of(t)
             if period.end + cfg.hold_ms <= ts:

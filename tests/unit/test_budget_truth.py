@@ -395,3 +395,52 @@ def test_a_replayed_split_counts_though_its_sequence_is_lower() -> None:
     harness = check(1, ops)
     assert harness.problems() == []
     assert harness.totals.spent(budget, 1_777_593_600_000) == cost_of(prod, price)  # 2026-05-01
+
+
+def test_an_old_event_answered_after_the_split_is_the_baselines() -> None:
+    """Found by the property test: an event older than the id memory waits for its lookup;
+    a budget is taken (split 1, after the event) before the answer comes. The sink stored
+    the event, so the baseline before split 1 holds it: counted again in the partial, the
+    total was twice the spend."""
+    budget = budget_from_spec(
+        {"id": "beta-day", "scope": {"org": "beta"}, "period": "day", "limit_usd": "0.003"},
+        BASE,
+    )
+    old: dict[str, Any] = {
+        "event_id": str(uuid.UUID(int=1)),
+        "event_time": BASE,
+        "org_id": "beta",
+        "team_id": "platform",
+        "user_id": "ana",
+        "project_id": None,
+        "api_key_id": None,
+        "session_id": None,
+        "turn": None,
+        "client": "claude-code",
+        "task_type": "agentic",
+        "provider": "anthropic",
+        "model": "claude-sonnet-4-5",
+        "input_tokens": 1_000,
+        "cache_read_tokens": 0,
+        "cache_write_5m_tokens": 0,
+        "cache_write_1h_tokens": 0,
+        "output_tokens": 0,
+        "reasoning_tokens": 0,
+        "cost_nanos": 5,
+        "status": "ok",
+        "labels": {},
+    }
+    later = BASE + 11 * MIN  # beyond the 10-minute id memory: a lookup
+    # the checkpoint holds the unanswered lookup; the restored stage 1 takes the budget
+    # (tick) before the lookup is answered again
+    ops: list[Op] = [
+        Append(0, later, old),
+        Process(0, 1),
+        Checkpoint(0),
+        Change((budget,), later),
+        Crash(0),
+        Tick(later + MIN),
+    ]
+    harness = check(1, ops)
+    assert harness.problems() == []
+    assert harness.totals.spent(budget, BASE - 21 * HOUR) == cost_of(old, price)  # 05-31
