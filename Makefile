@@ -54,7 +54,7 @@ fuzz: setup
 # the long budget-truth property run: thousands of random streams through the worker's stages
 # against the reference model (tests/unit/test_budget_truth.py, docs/budget-truth.md)
 truth-long: setup
-	HYPOTHESIS_PROFILE=long nice -n 19 $(PY) -m pytest -q tests/unit/test_budget_truth.py
+	HYPOTHESIS_PROFILE=long nice -n 19 $(PY) -m pytest -q --timeout=0 tests/unit/test_budget_truth.py
 
 # the resource-bounds soak: 10 minutes, 1M users / 10M sessions through a worker and a sink,
 # RSS plotted into loadtest/results/soak-*/ (loadtest/soak.py; results in tests/faults/README.md)
