@@ -411,10 +411,11 @@ class BudgetTotals:
         starts |= {k[4] for k, v in self.baselines.items() if k[:2] == (bid, version) and any(v)}
         # an answer that comes after its period went final decides nothing for it (its
         # alert ids may be forgotten already: they would be published again)
+        gone = self.gone()
         if current.period != "rolling":
-            gone = self.gone()
             starts = {s for s in starts if self._cache(current).of(s).end > gone}
-        self._evaluate(current, starts, self.now_ms(), out)
+        # (rolling: the windows that ended by then, see _evaluate's ``final``)
+        self._evaluate(current, starts, self.now_ms(), out, final=gone)
         return out
 
     def _base(
@@ -506,14 +507,18 @@ class BudgetTotals:
 
     # ------------------------------------------------------------------ evaluation
 
-    def _evaluate(self, budget: Budget, starts: Iterable[int], now: int, out: Stage2Output) -> None:
+    def _evaluate(
+        self, budget: Budget, starts: Iterable[int], now: int, out: Stage2Output, final: int = 0
+    ) -> None:
+        """Judge the periods at ``starts`` (rolling: every window over them that ends after
+        ``final``; a window final before a late baseline answer may have its ids forgotten)."""
         self.evaluated.setdefault(budget.budget_id, budget.definition_version)
         if budget.period == "rolling":
             size = rolling_bucket_ms(budget.window_ms)
             ends: set[int] = set()
             for start in starts:
                 ends.update(range(start + size, start + budget.window_ms + size, size))
-            for end, spent in self._window_sums(budget, sorted(ends)):
+            for end, spent in self._window_sums(budget, sorted(e for e in ends if e > final)):
                 if spent is not None:
                     self._thresholds(budget, end - end % budget.window_ms, end, spent, now, out)
         else:

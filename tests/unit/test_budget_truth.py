@@ -444,3 +444,54 @@ def test_an_old_event_answered_after_the_split_is_the_baselines() -> None:
     harness = check(1, ops)
     assert harness.problems() == []
     assert harness.totals.spent(budget, BASE - 21 * HOUR) == cost_of(old, price)  # 05-31
+
+
+def test_a_late_baseline_judges_no_rolling_window_already_final() -> None:
+    """Found by ``make truth-long`` (the rolling case of the calendar one above): stage 2
+    restarts without a checkpoint and its baseline answer comes after the partials of a
+    stage 1 idle for a day and more: those windows are final, their alert ids forgotten;
+    judged again by the answer, an alert went out twice."""
+    budget = budget_from_spec(
+        {"id": "roll-1h", "scope": {"org": "acme"}, "period": "rolling", "window": "1h"}
+        | {"limit_tokens": 5_000, "thresholds": [50]},
+        BASE,
+    )
+    first = BASE + 20 * MIN
+
+    def event(n: int, ts: int, tokens: int) -> dict[str, Any]:
+        return {
+            "event_id": str(uuid.UUID(int=n)),
+            "event_time": ts,
+            "org_id": "acme",
+            "team_id": "platform",
+            "user_id": "ana",
+            "project_id": None,
+            "api_key_id": None,
+            "session_id": None,
+            "turn": None,
+            "client": "claude-code",
+            "task_type": "agentic",
+            "provider": "anthropic",
+            "model": "claude-sonnet-4-5",
+            "input_tokens": tokens,
+            "cache_read_tokens": 0,
+            "cache_write_5m_tokens": 0,
+            "cache_write_1h_tokens": 0,
+            "output_tokens": 0,
+            "reasoning_tokens": 0,
+            "cost_nanos": 5,
+            "status": "ok",
+            "labels": {},
+        }
+
+    big, after, idle = first, first + 11 * MIN, first + 33 * HOUR
+    ops: list[Op] = [
+        Append(0, big, event(1, big, 10_000)),
+        Change((budget,), big),  # split 1 on partition 0: the 10,000 are its baseline
+        Append(0, after, event(2, after, 3_000)),
+        Crash(-1),
+        Tick(idle),
+        Append(0, idle, event(3, idle, 10)),
+    ]
+    harness = check(2, ops)
+    assert harness.problems() == []
