@@ -495,3 +495,15 @@ def test_a_late_baseline_judges_no_rolling_window_already_final() -> None:
     ]
     harness = check(2, ops)
     assert harness.problems() == []
+
+
+def test_the_harness_tells_incarnations_apart() -> None:
+    """"Published twice" is within one incarnation of a stage (a replay's repeats are the
+    alert log's to drop). Keyed by id(), a restarted stage got a crashed one's id (CPython
+    reuses freed memory) and its replayed alerts counted twice: the property was flaky."""
+    ops: list[Op] = [Append(0, BASE, None), Process(0, 1)]
+    for _ in range(20):
+        ops += [Crash(0), Tick(BASE), Crash(-1), Tick(BASE)]
+    harness = check(1, ops)
+    assert len([k for k in harness.seen if k[0] == "s1"]) == 21
+    assert len([k for k in harness.seen if k[0] == "s2"]) == 21

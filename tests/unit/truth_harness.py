@@ -132,6 +132,10 @@ class Harness:
         self.published: set[str] = set()
         self.twice: list[str] = []
         self.seen: dict[object, set[str]] = {}
+        #: incarnations of each stage 1 and of stage 2 (not id(): a crashed stage's object
+        #: is freed and a later incarnation can get its id, and its set of alerts seen)
+        self.lives = [0] * partitions
+        self.lives2 = 0
         self.threshold_alerts: dict[str, dict[str, Any]] = {}
         #: every alert id published -> its kind, and the alert
         self.kinds: dict[str, str] = {}
@@ -224,7 +228,7 @@ class Harness:
             self.collect(self.totals.set_baseline(request, self.baseline_rows(request)))
 
     def feed(self, p: int, out: Stage1Output) -> None:
-        self.note_alerts(("s1", p, id(self.aggs[p])), out.alerts)
+        self.note_alerts(("s1", p, self.lives[p]), out.alerts)
         self.lookups.extend(out.lookups)
         self.asked.extend(out.lookups)
         self.dead.extend((p, d.record.offset, d.kind) for d in out.dead)
@@ -235,7 +239,7 @@ class Harness:
         self.collect(self.totals.process(messages))
 
     def collect(self, out: Stage2Output) -> None:
-        self.note_alerts(("s2", id(self.totals)), out.alerts)
+        self.note_alerts(("s2", self.lives2), out.alerts)
         for budget_id, value in out.enforcement:
             self.blocks[budget_id] = value
         self.requests.extend(out.baselines)
@@ -267,6 +271,7 @@ class Harness:
 
     def crash(self, p: int) -> None:
         if p < 0:
+            self.lives2 += 1
             self.totals = self._totals()
             if self.saved2 is not None:
                 self.totals.restore(_dec.decode(self.saved2))
@@ -274,6 +279,7 @@ class Harness:
             replay = [(o, m) for o, m in enumerate(self.partials) if o > self.totals.applied]
             self.collect(self.totals.process(replay))
             return
+        self.lives[p] += 1
         agg = self.aggs[p] = self._aggregator(p)
         self.lookups = [x for x in self.lookups if x.partition != p]
         saved = self.saved1[p]
