@@ -498,7 +498,7 @@ def test_a_late_baseline_judges_no_rolling_window_already_final() -> None:
 
 
 def test_the_harness_tells_incarnations_apart() -> None:
-    """"Published twice" is within one incarnation of a stage (a replay's repeats are the
+    """ "Published twice" is within one incarnation of a stage (a replay's repeats are the
     alert log's to drop). Keyed by id(), a restarted stage got a crashed one's id (CPython
     reuses freed memory) and its replayed alerts counted twice: the property was flaky."""
     ops: list[Op] = [Append(0, BASE, None), Process(0, 1)]
