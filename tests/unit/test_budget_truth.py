@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from streams.budgets import Budget, budget_from_spec
 from streams.events import MAX_COST_NANOS, MAX_TOKENS
 from streams.loadtest.reference import cost_of
+from tests.unit.stage_helpers import event as valid_event
 from tests.unit.truth_harness import (
     Answer,
     Append,
@@ -301,30 +302,13 @@ def test_a_stage_1_restored_from_before_a_budget_takes_it_at_another_split() -> 
         {"id": "org-month", "scope": {"org": "acme"}, "period": "month", "limit_tokens": 500},
         BASE,
     )
-    one = {
-        "event_id": str(uuid.UUID(int=1)),
-        "event_time": BASE,
-        "org_id": "acme",
-        "team_id": "platform",
-        "user_id": "ana",
-        "project_id": None,
-        "api_key_id": None,
-        "session_id": None,
-        "turn": None,
-        "client": "claude-code",
-        "task_type": "agentic",
-        "provider": "anthropic",
-        "model": "claude-sonnet-4-5",
-        "input_tokens": 1_000,
-        "cache_read_tokens": 0,
-        "cache_write_5m_tokens": 0,
-        "cache_write_1h_tokens": 0,
-        "output_tokens": 0,
-        "reasoning_tokens": 0,
-        "cost_nanos": 5,
-        "status": "ok",
-        "labels": {},
-    }
+    one = valid_event(
+        event_id=str(uuid.UUID(int=1)),
+        event_time=BASE,
+        input_tokens=1_000,
+        output_tokens=0,
+        cost_nanos=5,
+    )
     ops: list[Op] = [
         Append(0, BASE, None),
         Process(0, 1),
@@ -357,30 +341,13 @@ def test_a_replayed_split_counts_though_its_sequence_is_lower() -> None:
         | {"limit_usd": "0.000050000"},
         BASE,
     )
-    event: dict[str, Any] = {
-        "event_id": str(uuid.UUID(int=1)),
-        "event_time": BASE,
-        "org_id": "acme",
-        "team_id": "platform",
-        "user_id": "ana",
-        "project_id": None,
-        "api_key_id": None,
-        "session_id": None,
-        "turn": None,
-        "client": "claude-code",
-        "task_type": "agentic",
-        "provider": "anthropic",
-        "model": "claude-sonnet-4-5",
-        "input_tokens": 1_000,
-        "cache_read_tokens": 0,
-        "cache_write_5m_tokens": 0,
-        "cache_write_1h_tokens": 0,
-        "output_tokens": 0,
-        "reasoning_tokens": 0,
-        "cost_nanos": 5,
-        "status": "ok",
-        "labels": {},
-    }
+    event: dict[str, Any] = valid_event(
+        event_id=str(uuid.UUID(int=1)),
+        event_time=BASE,
+        input_tokens=1_000,
+        output_tokens=0,
+        cost_nanos=5,
+    )
     later = BASE + 20 * MIN  # the old event is beyond the 10-minute id memory: a lookup
     prod = dict(event, event_id=str(uuid.UUID(int=2)), event_time=later, labels={"env": "prod"})
     ops: list[Op] = [
@@ -406,30 +373,14 @@ def test_an_old_event_answered_after_the_split_is_the_baselines() -> None:
         {"id": "beta-day", "scope": {"org": "beta"}, "period": "day", "limit_usd": "0.003"},
         BASE,
     )
-    old: dict[str, Any] = {
-        "event_id": str(uuid.UUID(int=1)),
-        "event_time": BASE,
-        "org_id": "beta",
-        "team_id": "platform",
-        "user_id": "ana",
-        "project_id": None,
-        "api_key_id": None,
-        "session_id": None,
-        "turn": None,
-        "client": "claude-code",
-        "task_type": "agentic",
-        "provider": "anthropic",
-        "model": "claude-sonnet-4-5",
-        "input_tokens": 1_000,
-        "cache_read_tokens": 0,
-        "cache_write_5m_tokens": 0,
-        "cache_write_1h_tokens": 0,
-        "output_tokens": 0,
-        "reasoning_tokens": 0,
-        "cost_nanos": 5,
-        "status": "ok",
-        "labels": {},
-    }
+    old: dict[str, Any] = valid_event(
+        event_id=str(uuid.UUID(int=1)),
+        event_time=BASE,
+        org_id="beta",
+        input_tokens=1_000,
+        output_tokens=0,
+        cost_nanos=5,
+    )
     later = BASE + 11 * MIN  # beyond the 10-minute id memory: a lookup
     # the checkpoint holds the unanswered lookup; the restored stage 1 takes the budget
     # (tick) before the lookup is answered again
@@ -459,30 +410,13 @@ def test_a_late_baseline_judges_no_rolling_window_already_final() -> None:
     first = BASE + 20 * MIN
 
     def event(n: int, ts: int, tokens: int) -> dict[str, Any]:
-        return {
-            "event_id": str(uuid.UUID(int=n)),
-            "event_time": ts,
-            "org_id": "acme",
-            "team_id": "platform",
-            "user_id": "ana",
-            "project_id": None,
-            "api_key_id": None,
-            "session_id": None,
-            "turn": None,
-            "client": "claude-code",
-            "task_type": "agentic",
-            "provider": "anthropic",
-            "model": "claude-sonnet-4-5",
-            "input_tokens": tokens,
-            "cache_read_tokens": 0,
-            "cache_write_5m_tokens": 0,
-            "cache_write_1h_tokens": 0,
-            "output_tokens": 0,
-            "reasoning_tokens": 0,
-            "cost_nanos": 5,
-            "status": "ok",
-            "labels": {},
-        }
+        return valid_event(
+            event_id=str(uuid.UUID(int=n)),
+            event_time=ts,
+            input_tokens=tokens,
+            output_tokens=0,
+            cost_nanos=5,
+        )
 
     big, after, idle = first, first + 11 * MIN, first + 33 * HOUR
     ops: list[Op] = [
