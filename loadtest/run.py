@@ -36,6 +36,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from loadtest.agents import probe_budgets
+from loadtest.latency import summary
 from loadtest.ledger import SpendTotals
 from loadtest.machine import Machine
 from loadtest.scenario import Scenario
@@ -159,23 +160,6 @@ class AlertWatch(threading.Thread):
 
 
 # ---------------------------------------------------------------------------- measures
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-
-def summary(values: list[float]) -> dict[str, Any]:
-    return {
-        "n": len(values),
-        "p50": pct(values, 0.50),
-        "p95": pct(values, 0.95),
-        "p99": pct(values, 0.99),
-        "max": round(max(values), 1) if values else None,
-    }
 
 
 def phase_figures(
