@@ -174,30 +174,22 @@ def probe_budgets(prefix: str, probes: int) -> list[Budget]:
 
 
 def _probe_event(prefix: str, n: int, cost: int, turn: int) -> events.Event:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "event_time": events.now_ms(),
-        "org_id": f"{prefix}-runaway-org",
-        "team_id": f"{prefix}-runaway-team",
-        "user_id": f"{prefix}-runaway-user-{n}",
-        "project_id": None,
-        "api_key_id": None,
-        "session_id": f"{prefix}-runaway-session-{n}",
-        "turn": turn,
-        "client": "claude-code",
-        "task_type": "agentic",
-        "provider": "anthropic",
-        "model": "claude-sonnet-4-5-20250929",
-        "input_tokens": 10,
-        "cache_read_tokens": 0,
-        "cache_write_5m_tokens": 0,
-        "cache_write_1h_tokens": 0,
-        "output_tokens": 100,
-        "reasoning_tokens": 0,
-        "cost_nanos": cost,  # the provider's reported cost: the catalog takes it as is
-        "status": "ok",
-        "labels": {},
-    }
+    return events.make_event(
+        event_id=str(uuid.uuid4()),
+        event_time=events.now_ms(),
+        org_id=f"{prefix}-runaway-org",
+        team_id=f"{prefix}-runaway-team",
+        user_id=f"{prefix}-runaway-user-{n}",
+        session_id=f"{prefix}-runaway-session-{n}",
+        turn=turn,
+        client="claude-code",
+        task_type="agentic",
+        provider="anthropic",
+        model="claude-sonnet-4-5-20250929",
+        input_tokens=10,
+        output_tokens=100,
+        cost_nanos=cost,  # the provider's reported cost: the catalog takes it as is
+    )
 
 
 def run_enforce(settings: Settings, prefix: str, probes: int, every_s: float, out: Path) -> int:

@@ -91,30 +91,25 @@ def make_event(rng: random.Random, users: int, sessions: int, now: int) -> dict[
     user = session % users  # a session belongs to one user
     provider, model = MODELS[session % len(MODELS)]
     out = rng.randrange(1, 2_000)
-    return {
-        "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-        "event_time": now,
-        "org_id": f"org-{user % 50}",
-        "team_id": f"team-{user % 500}",
-        "user_id": f"user-{user}",
-        "project_id": f"proj-{user % 2_000}",
-        "api_key_id": None,
-        "session_id": f"sess-{session}",
-        "turn": rng.randrange(1, 30),
-        "client": "claude-code",
-        "task_type": "agentic",
-        "provider": provider,
-        "model": model,
-        "input_tokens": rng.randrange(100, 50_000),
-        "cache_read_tokens": rng.randrange(0, 20_000),
-        "cache_write_5m_tokens": 0,
-        "cache_write_1h_tokens": 0,
-        "output_tokens": out,
-        "reasoning_tokens": out // 3,
-        "cost_nanos": None,
-        "status": "ok",
-        "labels": {"repo": f"repo-{session % 1_000}"},
-    }
+    return events.make_event(
+        event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        event_time=now,
+        org_id=f"org-{user % 50}",
+        team_id=f"team-{user % 500}",
+        user_id=f"user-{user}",
+        project_id=f"proj-{user % 2_000}",
+        session_id=f"sess-{session}",
+        turn=rng.randrange(1, 30),
+        client="claude-code",
+        task_type="agentic",
+        provider=provider,
+        model=model,
+        input_tokens=rng.randrange(100, 50_000),
+        cache_read_tokens=rng.randrange(0, 20_000),
+        output_tokens=out,
+        reasoning_tokens=out // 3,
+        labels={"repo": f"repo-{session % 1_000}"},
+    )
 
 
 def child_env(settings: Settings) -> dict[str, str]:

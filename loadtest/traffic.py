@@ -185,27 +185,15 @@ class Traffic:
         return provider, model
 
     def _base(self, user: int, event_time: int, provider: str, model: str) -> events.Event:
-        return {
-            "event_id": self._id(event_time),
-            "event_time": event_time,
+        return events.make_event(
+            event_id=self._id(event_time),
+            event_time=event_time,
             **self.names(user),
-            "api_key_id": None,
-            "session_id": None,
-            "turn": None,
-            "client": CLIENTS[user % len(CLIENTS)],
-            "task_type": "chat",
-            "provider": provider,
-            "model": model,
-            "input_tokens": 0,
-            "cache_read_tokens": 0,
-            "cache_write_5m_tokens": 0,
-            "cache_write_1h_tokens": 0,
-            "output_tokens": 0,
-            "reasoning_tokens": 0,
-            "cost_nanos": None,
-            "status": "ok",
-            "labels": {},
-        }
+            client=CLIENTS[user % len(CLIENTS)],
+            task_type="chat",
+            provider=provider,
+            model=model,
+        )
 
     def _chat(self, user: int, event_time: int) -> events.Event:
         rng = self.rng

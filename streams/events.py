@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Final
 
 from streams.errors import InvalidEventError
@@ -41,6 +42,63 @@ MAX_COST_NANOS: Final = 10_000_000_000_000
 INT64_MAX: Final = (1 << 63) - 1
 
 Event = dict[str, Any]
+
+#: Every field of the contract, in the schema's order (the order a complete event's keys keep).
+FIELDS: Final = (
+    "event_id",
+    "event_time",
+    "org_id",
+    "team_id",
+    "user_id",
+    "project_id",
+    "api_key_id",
+    "session_id",
+    "turn",
+    "client",
+    "task_type",
+    "provider",
+    "model",
+    *TOKEN_FIELDS,
+    "cost_nanos",
+    "status",
+    "labels",
+)
+#: The schema's default of each field that has one, but ``labels`` (a fresh ``{}`` each time:
+#: a shared one would be a mutable default).
+DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
+    {
+        "project_id": None,
+        "api_key_id": None,
+        "session_id": None,
+        "turn": None,
+        "task_type": "other",
+        **dict.fromkeys(TOKEN_FIELDS, 0),
+        "cost_nanos": None,
+        "status": "ok",
+    }
+)
+_NO_DEFAULT: Final = ("event_id", "event_time", *REQUIRED_IDS)
+_TEMPLATE: Final = {name: DEFAULTS.get(name) for name in FIELDS}
+
+
+def make_event(**fields: Any) -> Event:
+    """A complete event dict, keys in schema order: ``fields`` over the schema's defaults.
+
+    The one builder for code that makes events itself (load traffic, the demo's plan, tests),
+    so none repeats the contract's fields. It does not validate (a test may build an invalid
+    event on purpose; a plan may set ``event_time`` later): the SDK's ``build_event`` does.
+    Unknown fields and missing ones without a default are refused (a misspelt field would
+    otherwise leave its default behind silently).
+    """
+    if not fields.keys() <= _TEMPLATE.keys():
+        unknown = sorted(fields.keys() - _TEMPLATE.keys())
+        raise InvalidEventError(f"unknown event fields: {', '.join(unknown)}")
+    missing = [name for name in _NO_DEFAULT if name not in fields]
+    if missing:
+        raise InvalidEventError(f"missing event fields: {', '.join(missing)}")
+    event = {**_TEMPLATE, **fields}
+    event["labels"] = dict(fields.get("labels") or {})
+    return event
 
 
 def to_epoch_ms(value: dt.datetime) -> int:

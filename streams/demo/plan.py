@@ -92,30 +92,18 @@ def _uuid(rng: random.Random) -> str:
 def _base(
     rng: random.Random, org: str, team: str, user: str, model: tuple[str, str]
 ) -> events.Event:
-    return {
-        "event_id": _uuid(rng),
-        "event_time": 0,
-        "org_id": org,
-        "team_id": team,
-        "user_id": user,
-        "project_id": f"{team}-repo",
-        "api_key_id": None,
-        "session_id": None,
-        "turn": None,
-        "client": "claude-code",
-        "task_type": "chat",
-        "provider": model[0],
-        "model": model[1],
-        "input_tokens": 0,
-        "cache_read_tokens": 0,
-        "cache_write_5m_tokens": 0,
-        "cache_write_1h_tokens": 0,
-        "output_tokens": 0,
-        "reasoning_tokens": 0,
-        "cost_nanos": None,
-        "status": "ok",
-        "labels": {},
-    }
+    return events.make_event(
+        event_id=_uuid(rng),
+        event_time=0,
+        org_id=org,
+        team_id=team,
+        user_id=user,
+        project_id=f"{team}-repo",
+        client="claude-code",
+        task_type="chat",
+        provider=model[0],
+        model=model[1],
+    )
 
 
 def runaway_turns(count: int, seed: int) -> list[events.Event]:

@@ -54,30 +54,21 @@ def plan_events(
         team = rng.randrange(3)
         provider, model = MODELS[rng.randrange(len(MODELS))]
         out.append(
-            {
-                "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                "event_time": 0,
-                "org_id": f"{prefix}-org-{org}",
-                "team_id": f"{prefix}-org-{org}-team-{team}",
-                "user_id": f"{prefix}-org-{org}-user-{team}-{rng.randrange(4)}",
-                "project_id": f"{prefix}-proj-{org}-{team}",
-                "api_key_id": None,
-                "session_id": None,
-                "turn": None,
-                "client": "claude-code",
-                "task_type": "chat",
-                "provider": provider,
-                "model": model,
-                "input_tokens": rng.randrange(200, 4000),
-                "cache_read_tokens": rng.randrange(0, 2000),
-                "cache_write_5m_tokens": 0,
-                "cache_write_1h_tokens": 0,
-                "output_tokens": rng.randrange(20, 800),
-                "reasoning_tokens": 0,
-                "cost_nanos": None,
-                "status": "ok",
-                "labels": {},
-            }
+            events.make_event(
+                event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                event_time=0,
+                org_id=f"{prefix}-org-{org}",
+                team_id=f"{prefix}-org-{org}-team-{team}",
+                user_id=f"{prefix}-org-{org}-user-{team}-{rng.randrange(4)}",
+                project_id=f"{prefix}-proj-{org}-{team}",
+                client="claude-code",
+                task_type="chat",
+                provider=provider,
+                model=model,
+                input_tokens=rng.randrange(200, 4000),
+                cache_read_tokens=rng.randrange(0, 2000),
+                output_tokens=rng.randrange(20, 800),
+            )
         )
     return out
 

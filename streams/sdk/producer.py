@@ -34,16 +34,8 @@ POLL_EVERY = 512
 ErrorCallback = Callable[[str, str], None]
 """Called from the delivery thread with (event_id, reason) for every event that failed."""
 
-DEFAULTS: Mapping[str, Any] = {
-    "project_id": None,
-    "api_key_id": None,
-    "session_id": None,
-    "turn": None,
-    "task_type": "other",
-    **dict.fromkeys(events.TOKEN_FIELDS, 0),
-    "cost_nanos": None,
-    "status": "ok",
-}
+#: the contract's defaults (streams.events), what build_event fills in
+DEFAULTS: Mapping[str, Any] = events.DEFAULTS
 
 OTEL_TASK_TYPES: Mapping[str, str] = {
     "chat": "chat",

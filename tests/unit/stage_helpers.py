@@ -9,6 +9,7 @@ import dataclasses
 import uuid
 from typing import Any
 
+from streams import events
 from streams.processors.stage1 import Stage1Output
 from streams.processors.stage2 import pack_partials
 from streams.serde import AvroCodec
@@ -50,23 +51,12 @@ def event(**fields: Any) -> dict[str, Any]:
         "org_id": "acme",
         "team_id": "platform",
         "user_id": "ana",
-        "project_id": None,
-        "api_key_id": None,
-        "session_id": None,
-        "turn": None,
         "client": "claude-code",
         "task_type": "agentic",
         "provider": "anthropic",
         "model": "claude-sonnet-4-5",
         "input_tokens": 100,
-        "cache_read_tokens": 0,
-        "cache_write_5m_tokens": 0,
-        "cache_write_1h_tokens": 0,
         "output_tokens": 10,
-        "reasoning_tokens": 0,
         "cost_nanos": 1_000,
-        "status": "ok",
-        "labels": {},
     }
-    base.update(fields)
-    return base
+    return events.make_event(**{**base, **fields})
