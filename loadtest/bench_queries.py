@@ -190,23 +190,24 @@ def main() -> None:
             "AND name = 'token_events'",
             parameters={"d": name},
         )
-        if int(exists):
-            loaded = int(admin.command(f"SELECT count() FROM {target.table('token_events')}"))
+        if int(str(exists)):
+            loaded = int(str(admin.command(f"SELECT count() FROM {target.table('token_events')}")))
     load_seconds = None
     if loaded != args.events:
         admin.command(f"DROP DATABASE IF EXISTS `{name}`")
         Migrator(admin, target).migrate()
         load_seconds = load(admin, target, args.events)
     rollup_seconds = build_rollups(admin, target, args.rollup_days)
-    for table in ROLLUP_TABLES:
-        admin.command(f"OPTIMIZE TABLE {target.table(table)} FINAL")
-    sizes = dict(
-        admin.query(
+    for rollup in ROLLUP_TABLES:
+        admin.command(f"OPTIMIZE TABLE {target.table(rollup)} FINAL")
+    sizes = {
+        str(table): int(rows)
+        for table, rows in admin.query(
             "SELECT name, toUInt64(total_rows) FROM system.tables WHERE database = {d:String} "
             "AND total_rows IS NOT NULL",
             parameters={"d": name},
         ).result_rows
-    )
+    }
     client = connect(settings, database=name)
     reports = Reports(client, target)
     cases = {

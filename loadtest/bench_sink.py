@@ -100,9 +100,9 @@ def raw_consume_columnar(settings: Settings, topic: str, n: int) -> float:
     start = time.perf_counter()
     while seen < n:
         bodies = [
-            message.value()[len(header) :]
+            value[len(header) :]
             for message in consumer.consume(num_messages=5000, timeout=1.0)
-            if message.error() is None
+            if message.error() is None and (value := message.value()) is not None
         ]
         if bodies:
             if decoder.decode(bodies) is None:

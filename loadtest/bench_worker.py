@@ -456,12 +456,15 @@ def main() -> None:
         every = LatencyRun(base, args.partitions, rates * args.runs, args.seconds).run()
         for index in range(args.runs):
             phases = every["phases"][index * len(rates) : (index + 1) * len(rates)]
-            report = {"run": index + 1, "load_before": phases[0].get("load_before", [0.0])}
+            report: dict[str, Any] = {
+                "run": index + 1,
+                "load_before": phases[0].get("load_before", [0.0]),
+            }
             report["latency"] = {"run": every["run"], "phases": phases}
             report["headline"] = headline(report)
             runs.append(report)
     for index in range(0 if runs else args.runs):
-        report: dict[str, Any] = {"run": index + 1, "load_before": list(os.getloadavg())}
+        report = {"run": index + 1, "load_before": list(os.getloadavg())}
         if not args.only_latency:
             report["throughput"] = throughput(base, args, machine)
             print(_line_throughput(report["throughput"]), file=sys.stderr, flush=True)

@@ -150,9 +150,9 @@ def run_observer(settings: Settings, partials: str, stop: Any, live: Any, result
         }
     )
     parts: list[TopicPartition] = []
-    for topic in (partials, settings.topic_alerts, settings.topic_enforcement):
-        meta = consumer.list_topics(topic, timeout=30).topics[topic]
-        parts += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+    for name in (partials, settings.topic_alerts, settings.topic_enforcement):
+        meta = consumer.list_topics(name, timeout=30).topics[name]
+        parts += [TopicPartition(name, p, OFFSET_BEGINNING) for p in meta.partitions]
     consumer.assign(parts)
     stamps: dict[str, dict[str, float]] = {}
     block_costs: dict[str, dict[int, int]] = {}
@@ -168,13 +168,14 @@ def run_observer(settings: Settings, partials: str, stop: Any, live: Any, result
 
     while not stop.is_set():
         for msg in consumer.consume(num_messages=500, timeout=0.05):
-            if msg.error():
+            value = msg.value()
+            if msg.error() or value is None:
                 continue
             now = _ms()
             topic = msg.topic()
             appended = float(msg.timestamp()[1])
             if topic == partials:
-                pack = decode_pack(msg.value())
+                pack = decode_pack(value)
                 for item in pack.get("b", ()):
                     bid, cost = item[0], item[4]
                     if bid.startswith("probe-"):
@@ -192,7 +193,7 @@ def run_observer(settings: Settings, partials: str, stop: Any, live: Any, result
                     if "f" in pack:
                         entry["fetched1"] = float(pack["f"])
             elif topic == settings.topic_alerts:
-                alert = alerts.decode(msg.value())
+                alert = alerts.decode(value)
                 bid = alert["budget_id"] or ""
                 if bid.startswith("probe-") and "received" not in stamps.get(bid, {}):
                     entry = stamps.setdefault(bid, {})
@@ -201,7 +202,6 @@ def run_observer(settings: Settings, partials: str, stop: Any, live: Any, result
                         live.put(bid)
             else:
                 bid = (msg.key() or b"").decode()
-                value = msg.value()
                 if bid.startswith("block-") and value and json.loads(value).get("blocked"):
                     entry = stamps.setdefault(bid, {})
                     if "record_appended" not in entry:

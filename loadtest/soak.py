@@ -189,8 +189,9 @@ def count_rows(settings: Settings) -> tuple[int, int]:
     client = connect(settings)
     try:
         db = settings.clickhouse_database
-        rows = int(client.command(f"SELECT count() FROM `{db}`.token_events"))
-        return rows, int(client.command(f"SELECT uniqExact(session_id) FROM `{db}`.token_events"))
+        rows = int(str(client.command(f"SELECT count() FROM `{db}`.token_events")))
+        sessions = client.command(f"SELECT uniqExact(session_id) FROM `{db}`.token_events")
+        return rows, int(str(sessions))
     finally:
         client.close()
 

@@ -190,7 +190,8 @@ def bookkeeping_statements(target: Target) -> list[str]:
 class Client(Protocol):
     """The part of clickhouse-connect's client that migrations use."""
 
-    def command(self, cmd: str, parameters: Any = None, settings: Any = None) -> Any: ...
+    # settings keyword-only: clickhouse-connect's third positional parameter is ``data``
+    def command(self, cmd: str, parameters: Any = None, *, settings: Any = None) -> Any: ...
 
     def query(self, query: str, parameters: Any = None, settings: Any = None) -> Any: ...
 
@@ -337,7 +338,7 @@ def migrate_command(print_sql: bool, cluster: str | None) -> None:
             for statement in render(migration.template, target):
                 click.echo(statement + ";\n")
         return
-    client: Any = connect(settings)  # clickhouse-connect is untyped for the Client protocol
+    client = connect(settings)
     try:
         migrator = Migrator(client, target)
         applied = migrator.migrate(migrations)

@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -53,7 +52,7 @@ def run_settings(base: Settings, partitions: int = 4, run: str | None = None) ->
 
 def prepare(settings: Settings, budgets: Iterable[Budget] = ()) -> None:
     """Migrate the run's database, create its topics, publish its budgets."""
-    client: Any = connect(settings)  # clickhouse-connect is untyped for the Client protocol
+    client = connect(settings)
     try:
         Migrator(client, Target.from_settings(settings)).migrate()
     finally:
