@@ -64,12 +64,7 @@ ROLLUP_COUNTERS: Final = (
     "requests",
     "error_requests",
     "unpriced_requests",
-    "input_tokens",
-    "cache_read_tokens",
-    "cache_write_5m_tokens",
-    "cache_write_1h_tokens",
-    "output_tokens",
-    "reasoning_tokens",
+    *ev_mod.TOKEN_FIELDS,
     "cost_nanos",
 )
 #: the scope key of the hot path (the event's labels appended when it has any: the rollup
@@ -1160,32 +1155,9 @@ def _key_from_plain(raw: list[Any]) -> tuple[Any, ...]:
 
 
 #: the token event's fields in schema order: the shape of a decoded row in ``process``, whose
-#: loop unpacks them by name in this order (so a literal, not read from the schema; the
-#: columnar test pins it equal to the schema's field order)
-EVENT_FIELDS: Final = (
-    "event_id",
-    "event_time",
-    "org_id",
-    "team_id",
-    "user_id",
-    "project_id",
-    "api_key_id",
-    "session_id",
-    "turn",
-    "client",
-    "task_type",
-    "provider",
-    "model",
-    "input_tokens",
-    "cache_read_tokens",
-    "cache_write_5m_tokens",
-    "cache_write_1h_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "cost_nanos",
-    "status",
-    "labels",
-)
+#: loop unpacks them by name in this order (the contract's literal; the columnar test pins it
+#: equal to the decoder's columns)
+EVENT_FIELDS: Final = ev_mod.FIELDS
 #: below this many records a batch is decoded record by record (the columnar decoder's fixed
 #: cost, ~1-2 ms a call, is more than fastavro's ~8 us per event saves)
 COLUMNAR_MIN_BATCH: Final = 256
