@@ -54,14 +54,8 @@ CODEC = AvroCodec("token_event")
 def bench_settings(base: Settings, run: str, partitions: int) -> Settings:
     bootstrap = base.kafka_client_config()["bootstrap.servers"]
     return dataclasses.replace(
-        base,
+        base.with_topic_prefix(f"bench.{run}"),
         kafka_bootstrap=bootstrap,
-        topic_events=f"bench.{run}.events",
-        topic_deadletter=f"bench.{run}.deadletter",
-        topic_alerts=f"bench.{run}.alerts",
-        topic_rollups=f"bench.{run}.rollups",
-        topic_budgets=f"bench.{run}.budgets",
-        topic_enforcement=f"bench.{run}.enforcement",
         event_partitions=partitions,
         worker_id=f"bench-worker-{run}",
         log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),

@@ -373,6 +373,19 @@ class Settings:
             config["ssl.key.location"] = str(self.kafka_tls_key)
         return config
 
+    def with_topic_prefix(self, prefix: str) -> Settings:
+        """These settings with every topic named ``<prefix>.<what it carries>``: the topics of
+        one load-test run, benchmark or test of their own, beside any others on the broker."""
+        return dataclasses.replace(
+            self,
+            topic_events=f"{prefix}.events",
+            topic_deadletter=f"{prefix}.deadletter",
+            topic_alerts=f"{prefix}.alerts",
+            topic_rollups=f"{prefix}.rollups",
+            topic_budgets=f"{prefix}.budgets",
+            topic_enforcement=f"{prefix}.enforcement",
+        )
+
     def for_reports(self) -> Settings:
         """These settings with the read-only reports user as the ClickHouse user, when set."""
         if not self.clickhouse_reports_user:

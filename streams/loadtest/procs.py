@@ -33,16 +33,10 @@ def run_settings(base: Settings, partitions: int = 4, run: str | None = None) ->
     """``base`` with this run's own topics, groups, worker id and database."""
     run = run or uuid.uuid4().hex[:8]
     return dataclasses.replace(
-        base,
+        base.with_topic_prefix(f"run.{run}"),
         kafka_bootstrap=base.kafka_client_config()["bootstrap.servers"],
         clickhouse_url=base.clickhouse_http_url,
         clickhouse_database=f"run_{run}",
-        topic_events=f"run.{run}.events",
-        topic_deadletter=f"run.{run}.deadletter",
-        topic_alerts=f"run.{run}.alerts",
-        topic_rollups=f"run.{run}.rollups",
-        topic_budgets=f"run.{run}.budgets",
-        topic_enforcement=f"run.{run}.enforcement",
         event_partitions=partitions,
         worker_id=f"run-worker-{run}",
         sink_group=f"run-sink-{run}",

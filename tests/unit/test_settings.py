@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from streams.errors import SettingsError
@@ -126,3 +128,14 @@ def test_choices_accept_any_case_and_refuse_unknown_values():
     assert s.kafka_sasl_mechanism == "SCRAM-SHA-256"
     with pytest.raises(SettingsError, match="LOG_LEVEL"):
         Settings.from_env({"SPENDSTREAM_LOG_LEVEL": "loud"})
+
+
+def test_with_topic_prefix_renames_every_topic() -> None:
+    base = Settings.from_env({})
+    renamed = base.with_topic_prefix("run.x1")
+    topics = [f.name for f in dataclasses.fields(Settings) if f.name.startswith("topic_")]
+    assert topics
+    for name in topics:
+        assert getattr(renamed, name).startswith("run.x1."), name
+    assert len({getattr(renamed, name) for name in topics}) == len(topics)
+    assert dataclasses.replace(renamed, **{n: getattr(base, n) for n in topics}) == base
