@@ -331,6 +331,17 @@ class BudgetTotals:
         # on the topic wins whatever its sequence: a replay's can be lower (the lookups
         # answered before the first announcement are not answered yet in the replay)
         known[p] = [seq, split, ts]
+        if have is not None and split > have[1]:
+            # a later split: the version was taken again, either by a stage 1 that left it
+            # for another version in between (a scope edited away and back) or by a restarted
+            # one that took it later. Either way what sits before the new split is its
+            # baseline's, and the earlier split's parts of this partition are no total of
+            # this life (the first case's stopped counting at the other version's split)
+            for (bid, ver, _), bucket in self.buckets.items():
+                if bid == budget_id and ver == version:
+                    part = bucket.parts.get(p)
+                    if part is not None and part[4] < split:
+                        del bucket.parts[p]
         return have is None or have[1] != split
 
     # ------------------------------------------------------------------ baselines

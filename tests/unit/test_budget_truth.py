@@ -441,3 +441,41 @@ def test_the_harness_tells_incarnations_apart() -> None:
     harness = check(1, ops)
     assert len([k for k in harness.seen if k[0] == "s1"]) == 21
     assert len([k for k in harness.seen if k[0] == "s2"]) == 21
+
+
+def test_a_total_version_taken_again_after_another_forgets_its_first_life() -> None:
+    """Found by the property test (the suite's profile, an outside check): a day budget on
+    org beta is re-scoped to bob (another total version) and then back to the whole org (the
+    first total version again, taken at a later split). Stage 2 restarted without a
+    checkpoint replays every partial with the org version current: the first life's part
+    (split 0: bob's event only) was summed with no baseline and ana's event, counted under
+    no version of the org scope, was missing (worker 481 tokens, truth 1,604)."""
+    spec = {"id": "beta-day", "scope": {"org": "beta"}, "period": "day", "limit_tokens": 5_000}
+    org = budget_from_spec(spec, BASE)
+    bob = dataclasses.replace(org, user_id="bob", updated_at=BASE + MIN)
+    again = budget_from_spec(dict(spec, limit_tokens=166_666), BASE + 3 * MIN)
+    assert again.total_version == org.total_version != bob.total_version
+
+    def event(n: int, ts: int, user: str, tokens: int) -> dict[str, Any]:
+        return valid_event(
+            event_id=str(uuid.UUID(int=n)),
+            event_time=ts,
+            org_id="beta",
+            user_id=user,
+            input_tokens=tokens,
+            output_tokens=0,
+            cost_nanos=5,
+        )
+
+    ops: list[Op] = [
+        Change((org,), BASE),
+        Append(0, BASE + 10 * 1000, event(1, BASE + 10 * 1000, "bob", 481)),
+        Change((bob,), BASE + MIN),
+        Append(0, BASE + 2 * MIN, event(2, BASE + 2 * MIN, "ana", 1_123)),
+        Change((again,), BASE + 3 * MIN),
+    ]
+    day = BASE - 21 * HOUR  # 2026-05-31 00:00 UTC
+    assert check(1, ops).totals.spent(again, day) == 1_604  # without the restart
+    harness = check(1, [*ops, Crash(-1)])
+    assert harness.problems() == []
+    assert harness.totals.spent(again, day) == 1_604
