@@ -7,6 +7,7 @@ flight, dedup through the views, the metrics address, SIGTERM while stuck, SIGKI
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import os
@@ -327,6 +328,160 @@ def test_every_insert_dedups_through_the_views_and_startup_checks_the_server(env
             store.check_dedup(f"off-{uuid.uuid4()}")
     finally:
         store.close()
+
+
+# -- row 2: shutdown or rebalance while an insert is in flight -------------------------------
+
+ROLLUPS = (
+    "spend_hourly",
+    "spend_daily",
+    "spend_user_hourly",
+    "spend_user_daily",
+    "spend_team_hourly",
+    "spend_team_daily",
+)
+#: a slow insert: ClickHouse checks a table's constraints on each block before the table or any
+#: view gets it, so while these sleep nothing of the insert is stored (and KILL QUERY stops a
+#: sleep); 8 x 2.5 s is far past the drain bound of 5 s
+SLOW_CONSTRAINTS = 8
+SLOW_SECONDS = 2.5
+
+
+def _inserts_running(client: Any, database: str) -> list[tuple[str, float]]:
+    """(query_id, seconds running) of the inserts into ``database``.token_events now."""
+    rows = client.query(
+        "SELECT query_id, elapsed FROM system.processes WHERE query_kind = 'Insert' "
+        "AND position(query, {db:String}) > 0 AND position(query, 'token_events') > 0",
+        parameters={"db": database},
+    ).result_rows
+    return [(row[0], float(row[1])) for row in rows]
+
+
+class WatchedSink(Sink):
+    """A real sink that, at its first lookup after each assignment, asks ClickHouse (on a
+    client of the test's) which inserts into token_events are running that started before
+    that assignment: none may be, or such an insert of the previous owner can land after the
+    lookup under another dedup token. (Inserts started since, by any sink, are of the new
+    generation: each sink's own partitions.)"""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        self.at_first_lookup: list[list[str]] = []
+        self.assigned: list[list[int]] = []
+        self._assigned_at = 0.0
+        self._fresh = threading.Event()
+        self._watch = connect(settings)
+        lookup = self.store.existing
+
+        def existing(data: bytes) -> set[str]:
+            if self._fresh.is_set():
+                self._fresh.clear()
+                since = time.monotonic() - self._assigned_at
+                running = _inserts_running(self._watch, settings.clickhouse_database)
+                # 0.5 s for the two clocks; the old owner's insert started seconds earlier
+                self.at_first_lookup.append([q for q, took in running if took > since + 0.5])
+            return lookup(data)
+
+        self.store.existing = existing  # type: ignore[method-assign]
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        super()._on_assign(consumer, partitions)
+        self.assigned.append([p.partition for p in partitions])
+        if partitions:
+            self._assigned_at = time.monotonic()
+            self._fresh.set()
+
+
+def _wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("handover", ["shutdown", "rebalance"])
+def test_partitions_change_hands_only_after_the_insert_in_flight_is_gone(
+    env: Env, handover: str
+) -> None:
+    """Before: the drain gave up at its bound and released the partitions with the insert
+    still running on ClickHouse; the next owner's lookup did not see its rows, inserted them
+    under its own token, and the old insert landed after: every row twice in token_events and
+    in every rollup. Now the drain kills its inserts and waits until system.processes shows
+    none (and each new owner kills what another sink left running before its lookup)."""
+    first = list(generate_events(200, seed=27))
+    second = list(generate_events(200, seed=28))
+    env.produce([(f"a{i}".encode(), CODEC.encode(e), None) for i, e in enumerate(first)])
+    for i in range(SLOW_CONSTRAINTS):
+        env.client.command(
+            f"ALTER TABLE token_events ADD CONSTRAINT slow{i} CHECK sleep({SLOW_SECONDS}) = 0"
+        )
+    watch = connect(env.settings)
+    db = env.settings.clickhouse_database
+    old = SinkThread(env.settings, WatchedSink)
+    new: SinkThread | None = None
+    try:
+        _wait_until("an insert in flight", lambda: bool(_inserts_running(watch, db)), 60)
+        in_flight = _inserts_running(watch, db)
+        started = time.monotonic()
+        if handover == "shutdown":
+            old.stop()
+            stopped = time.monotonic() - started
+            assert stopped < env.settings.sink_drain_seconds + 5.0, stopped
+            env.produce([(f"b{i}".encode(), CODEC.encode(e), None) for i, e in enumerate(second)])
+            new = SinkThread(env.settings, WatchedSink)
+            sinks = [new]
+        else:
+            assert isinstance(old.sink, WatchedSink)
+            before = len(old.sink.assigned)
+            env.produce([(f"b{i}".encode(), CODEC.encode(e), None) for i, e in enumerate(second)])
+            new = SinkThread(env.settings, WatchedSink)
+            sinks = [old, new]
+            watched = (old.sink, new.sink)
+
+            def both_assigned() -> bool:
+                mine, theirs = (w.assigned for w in watched if isinstance(w, WatchedSink))
+                return len(mine) > before and bool(mine[-1]) and bool(theirs and theirs[-1])
+
+            # the old owner was revoked (and drained), then each got a partition
+            _wait_until("both assigned", both_assigned, 90)
+        # from here on inserts may be quick: the one in flight keeps the metadata it started with
+        for i in range(SLOW_CONSTRAINTS):
+            env.client.command(f"ALTER TABLE token_events DROP CONSTRAINT slow{i}")
+        wait_committed(env.settings, timeout=120)
+        for sink in sinks:
+            sink.stop()
+            assert sink.error is None, sink.error
+        # an insert the old owner left running lands when its sleeps end: wait for it
+        _wait_until("no insert running", lambda: not _inserts_running(watch, db), 60)
+        lookups = [
+            seen
+            for s in (old, new)
+            if s is not None and isinstance(s.sink, WatchedSink)
+            for seen in s.sink.at_first_lookup
+        ]
+    finally:
+        for sink in (old, new):
+            if sink is not None and sink.thread.is_alive():
+                sink.sink.stop()
+                sink.thread.join(60)
+        with contextlib.suppress(Exception):
+            for i in range(SLOW_CONSTRAINTS):
+                env.client.command(f"ALTER TABLE token_events DROP CONSTRAINT IF EXISTS slow{i}")
+        watch.close()
+    total = len(first) + len(second)
+    counts = {
+        "token_events": env.count(),
+        "distinct event_ids": int(
+            env.client.command("SELECT uniqExact(event_id) FROM token_events")
+        ),
+        **{t: int(env.client.command(f"SELECT sum(requests) FROM {t}")) for t in ROLLUPS},
+    }
+    print(
+        f"\n{handover} with an insert in flight ({in_flight}): rows {counts}; running inserts "
+        f"at each first lookup after an assignment: {lookups}; load {os.getloadavg()}"
+    )
+    assert counts == dict.fromkeys(counts, total), counts
+    assert lookups and all(not running for running in lookups), lookups
 
 
 # -- rows 2, 4, 5: the metrics address; SIGTERM while ClickHouse is paused mid-insert ---------
