@@ -16,7 +16,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from streams import events
+from streams.loadtest.compact import Ledger, group_sum, period_starts
 from streams.pricing import PriceCatalog, default_catalog
 from streams.processors.periods import calendar_period
 
@@ -65,6 +68,35 @@ class SpendTotals:
         for event in acked:
             self.add(event)
         return self
+
+    @classmethod
+    def of_ledger(cls, ledger: Ledger) -> SpendTotals:
+        """The totals of a checker's ledger (its distinct acked events), from its columns:
+        what ``add_all(ledger.acked.values())`` gives, without a dict per event."""
+        out = cls(ledger.catalog)
+        frozen = ledger.frozen()
+        out.events = len(frozen.u_first)
+        out.resent = ledger.acked_messages - out.events
+        times = frozen.u("event_time")
+        values = ledger.strings.values
+        for period in PERIODS:
+
+            def start(ms: int, p: str = period) -> int:
+                return calendar_period(ms, p, "UTC").start
+
+            starts = period_starts(times, start)
+            for scope in SCOPES:
+                codes = frozen.u(f"{scope}_id")
+                # one int64 key per (scope code, period start): code * span + start offset
+                base = int(starts.min()) if len(starts) else 0
+                span = int(starts.max()) - base + 1 if len(starts) else 1
+                keys = codes.astype(np.int64) * span + (starts - base)
+                for name, column in (("cost", frozen.u("cost")), ("tokens", frozen.u("tokens"))):
+                    target = out.cost if name == "cost" else out.tokens
+                    for key, value in group_sum(keys, column).items():
+                        code, offset = divmod(key, span)
+                        target[(scope, str(values[code]), period, base + offset)] = value
+        return out
 
     def merge(self, other: SpendTotals) -> None:
         """Add another agent's totals (agents send disjoint ids; an overlap is re-sent)."""

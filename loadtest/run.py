@@ -196,14 +196,13 @@ def alert_latencies(
 ) -> list[float]:
     """ms from the crossing event's production (its CreateTime in the ledger) to the alert's
     receipt by a subscriber, for threshold alerts of events in the ledger."""
-    produced = {eid: ts for _, _, ts, eid in ledger.positions}
     out = []
     seen = set()
     for at, alert, _ in received:
         if alert["kind"] != "threshold_crossed" or alert["alert_id"] in seen:
             continue
         seen.add(alert["alert_id"])
-        ts = produced.get(str(alert.get("event_id")))
+        ts = ledger.produced_ts(str(alert.get("event_id")))
         if ts is not None and ts > 0:
             out.append(at - ts)
     return out
@@ -576,7 +575,7 @@ def _verify(
     merged = SpendTotals()
     for path in sorted(out.glob("totals-*.json")) + sorted((out / "backlog").glob("totals-*.json")):
         merged.merge(SpendTotals.read(path))
-    recomputed = SpendTotals().add_all(ledger.acked.values())
+    recomputed = SpendTotals.of_ledger(ledger)
     totals_diff = recomputed.same_as(merged)
     enforce = _enforce_figures(out)
     latencies = alert_latencies(watch.received, ledger)

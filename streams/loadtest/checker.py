@@ -23,7 +23,12 @@ everything drained, ``check`` compares the real ClickHouse and the real topics w
   Alerts of kinds the model does not cover are counted in ``unmodelled``, not failed.
 
 ``CheckResult.ok`` is True only when every count is zero and every comparison holds.
-The ledger is a JSON-lines file (``LedgerWriter`` in a producer process, ``Ledger.load``).
+The ledger is a JSON-lines file (``LedgerWriter`` in a producer process, ``Ledger.load``),
+held in memory as integer columns (streams/loadtest/compact.py); the per-id questions and
+the sums are asked of ClickHouse over a copy of it, so a run of millions of events checks in
+bounded memory (1.5M events: 681 MiB peak and 84 s for the ledger side on the shared 2-core
+machine at load average 8-9, where the dicts of the former ledger took 1.29 GB and 190 s
+for 300k; loadtest/bench_checker.py).
 """
 
 from __future__ import annotations
@@ -37,13 +42,15 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
 from streams import events
 from streams.budgets import Budget
 from streams.clickhouse import connect, quote_identifier
 from streams.loadtest import reference
-from streams.pricing import PriceCatalog, default_catalog
+from streams.loadtest.compact import Ledger, accepted, group_sum, period_starts
+from streams.pricing import PriceCatalog
 from streams.processors.alerts import threshold_alert_id
 from streams.processors.detectors import crossed
 from streams.processors.periods import calendar_period
@@ -74,52 +81,6 @@ ExpectedAlerts = Callable[["Ledger"], Mapping[str, str]]
 
 
 # ---------------------------------------------------------------------------- the ledger
-
-
-@dataclasses.dataclass
-class Ledger:
-    """What the producers saw: acked events (first copy by id), failed ids, the budgets."""
-
-    acked: dict[str, events.Event] = dataclasses.field(default_factory=dict)
-    unacked: set[str] = dataclasses.field(default_factory=set)
-    budgets: list[Budget] = dataclasses.field(default_factory=list)
-    #: acknowledged messages, re-sends of one id included
-    acked_messages: int = 0
-    #: where each acked message landed, when the producer said: (partition, offset, broker
-    #: append time, event_id), for the reference model's arrivals
-    positions: list[tuple[int, int, int, str]] = dataclasses.field(default_factory=list)
-
-    def add_acked(self, event: events.Event, position: tuple[int, int, int] | None = None) -> None:
-        self.acked_messages += 1
-        eid = str(event["event_id"])
-        self.acked.setdefault(eid, event)
-        self.unacked.discard(eid)
-        if position is not None:
-            self.positions.append((*position, eid))
-
-    def add_failed(self, event_id: str) -> None:
-        if event_id not in self.acked:
-            self.unacked.add(event_id)
-
-    @classmethod
-    def load(cls, *paths: Path, budgets: Iterable[Budget] = ()) -> Ledger:
-        """The ledger of one or more ``LedgerWriter`` files (several producer processes)."""
-        ledger = cls(budgets=list(budgets))
-        failed: list[str] = []
-        for path in paths:
-            with open(path, encoding="utf-8") as fh:
-                for line in fh:
-                    if not line.endswith("\n"):
-                        break  # a writer killed mid-line: that event was not recorded
-                    entry = json.loads(line)
-                    if "e" in entry:
-                        where = entry.get("at")
-                        ledger.add_acked(entry["e"], tuple(where) if where else None)
-                    else:
-                        failed.append(entry["f"])
-        for eid in failed:
-            ledger.add_failed(eid)
-        return ledger
 
 
 class LedgerWriter:
@@ -178,12 +139,11 @@ def simple_expected_alerts(ledger: Ledger) -> dict[str, str]:
     does not model (rolling windows, budgets created mid-run); forecasts, spikes, runaway
     sessions and unpriced models are counted as ``unmodelled``.
     """
-    catalog = default_catalog()
     out: dict[str, str] = {}
     for budget in ledger.budgets:
         if budget.period == "rolling":
             continue
-        for start, spent in budget_amounts(budget, ledger.acked.values(), catalog).items():
+        for start, spent in ledger.amounts(budget).items():
             for pct in crossed(spent, budget.limit, budget.thresholds_pct):
                 aid = threshold_alert_id(budget.budget_id, budget.definition_version, start, pct)
                 out[aid] = "threshold_crossed"
@@ -197,19 +157,86 @@ def reference_expected_alerts(ledger: Ledger) -> dict[str, str]:
     """The threshold alerts of streams.loadtest.reference (docs/budget-truth.md) for the
     ledger's acked messages in broker order, the budgets set before the first; without the
     messages' positions, ``simple_expected_alerts``."""
-    if len(ledger.positions) != ledger.acked_messages or not ledger.positions:
+    if not ledger.fully_positioned:
         return simple_expected_alerts(ledger)
-    steps: list[reference.Step] = [reference.SetBudget(b) for b in ledger.budgets]
-    for partition, offset, ts, eid in sorted(ledger.positions, key=lambda p: (p[2], p[0], p[1])):
-        steps.append(reference.Arrival(partition, offset, ts, ledger.acked[eid]))
-    result = reference.evaluate(steps)
     return {
         threshold_alert_id(budget_id, version, start, pct): "threshold_crossed"
-        for budget_id, version, start, pct in result.alerts
+        for budget_id, version, start, pct in reference_alert_keys(ledger)
     }
 
 
 reference_expected_alerts.kinds = frozenset({"threshold_crossed"})  # type: ignore[attr-defined]
+
+
+def reference_alert_keys(
+    ledger: Ledger, hold_ms: int = reference.HOLD_MS, horizon_ms: int = reference.HORIZON_MS
+) -> set[reference.AlertKey]:
+    """``reference.evaluate(steps).alerts`` for the ledger's steps (its budgets, then every
+    acked message as an arrival: the ledger's only shape), computed over its columns.
+
+    With every budget set before the first arrival, each definition still current at the
+    end sees every arrival with clock 0, and a replaced one sees none; the statuses are the
+    model's (``_statuses``): an arrival of an id that arrived once is counted when the sink
+    accepts it, the copies of an id are judged in partition and offset order against the
+    copies already inserted. tests/unit/test_loadtest_checker.py checks this equals
+    ``reference.evaluate`` on random ledgers.
+    """
+    steps: list[reference.Step] = [reference.SetBudget(b) for b in ledger.budgets]
+    frozen = ledger.frozen()
+    counted = _counted(ledger, horizon_ms)
+    rank, ts = frozen.m_rank[counted], frozen.m_ts[counted]
+    times_all = frozen.u("event_time")[rank]
+    found: set[reference.AlertKey] = set()
+    for d in reference.definitions(steps):
+        if d.end != len(steps):
+            continue  # replaced before the first arrival: it saw none
+        budget = d.budget
+        take = ledger.match(budget)[rank]
+        times, arrived = times_all[take], ts[take]
+        if budget.period == "rolling":
+            size = reference.bucket_ms(budget)
+            starts = times - times % size
+            ends = starts + size
+        else:
+
+            def period(ms: int, b: Budget = budget) -> tuple[int, int]:
+                return reference.calendar_period(ms, b.period, b.timezone)
+
+            starts = period_starts(times, lambda ms: period(ms)[0])
+            end_of = {s: period(s)[1] for s in np.unique(starts).tolist()}
+            ends = np.array([end_of[s] for s in starts.tolist()], dtype=np.int64)
+        held = arrived < ends + hold_ms
+        starts = starts[held]
+        cost = group_sum(starts, frozen.u("cost")[rank][take][held])
+        tokens = group_sum(starts, frozen.u("tokens")[rank][take][held])
+        requests = group_sum(starts, np.ones(len(starts), dtype=np.int64))
+        buckets = {s: reference.Total(cost[s], tokens[s], requests[s]) for s in cost}
+        found |= reference.alerts_of(d, buckets, hold_ms)
+    return found
+
+
+def _counted(ledger: Ledger, horizon_ms: int) -> Any:
+    """Per acked message: does the reference model count it (``reference._statuses``)."""
+    frozen = ledger.frozen()
+    counted = frozen.m_valid.copy()
+    copies = np.bincount(frozen.m_rank, minlength=len(frozen.u_first))
+    several = np.flatnonzero(copies[frozen.m_rank] > 1)
+    if not len(several):
+        return counted
+    by_id: dict[int, list[int]] = defaultdict(list)
+    for m in several.tolist():
+        by_id[int(frozen.m_rank[m])].append(m)
+    for r, messages in by_id.items():
+        event = ledger.event(int(frozen.u_first[r]))  # every copy is judged as the first
+        cost = int(frozen.u("cost")[r])
+        inserted: dict[int, list[int]] = defaultdict(list)
+        for m in sorted(messages, key=lambda m: (frozen.m_partition[m], frozen.m_offset[m])):
+            t = int(frozen.m_ts[m])
+            earlier = inserted[int(frozen.m_partition[m])]
+            counted[m] = accepted(event, t, cost) and not any(t - e < horizon_ms for e in earlier)
+            if counted[m]:
+                earlier.append(t)
+    return counted
 
 
 # ---------------------------------------------------------------------------- the result
@@ -346,85 +373,53 @@ def check(
     ``expected_alerts``: the model of the alerts (default ``reference_expected_alerts``);
     ``modelled_kinds``: the kinds it covers (default: its ``kinds`` attribute, else every
     kind it returned). ``alerts=False`` skips the topics (a sink-only run).
+
+    The ledger's distinct events (id, catalog price, hour, day, dimensions, tokens) and its
+    failed ids are copied into a table of the run's database for the check's length, so
+    that ClickHouse answers the per-id questions (lost, duplicated, invented, mispriced:
+    joins over ids) and the sums (totals, every rollup key by key) on both sides; only
+    counts and a few sample ids come back.
     """
-    catalog = default_catalog()
     samples: dict[str, tuple[str, ...]] = {}
+    unacked = ledger.unacked
+    amounts = {b.budget_id: ledger.amounts(b) for b in ledger.budgets if b.period != "rolling"}
+    table = quote_identifier(f"checker_ledger_{uuid.uuid4().hex[:12]}")
     client = connect(settings, database=settings.clickhouse_database)
     try:
-        stored: dict[str, tuple[int, int, int, str]] = {}
-        rows = 0
-        result = client.query(
-            "SELECT toString(event_id), count(), min(cost_nanos), max(cost_nanos), "
-            "any(cost_source) FROM token_events GROUP BY event_id"
-        )
-        for eid, count, low, high, source in result.result_rows:
-            stored[eid] = (int(count), int(low), int(high), str(source))
-            rows += int(count)
-        orphans = [
-            str(r[0])
-            for r in client.query(
-                "SELECT DISTINCT toString(event_id) FROM event_ids "
-                "WHERE event_id NOT IN (SELECT event_id FROM token_events)"
-            ).result_rows
-        ]
-        totals_got = _totals(client)
-        rollups_got = {table: _rollup(client, table, spec) for table, spec in ROLLUPS.items()}
+        _upload(client, table, ledger, unacked)
+        ids = _ids_check(client, table, samples)
+        totals_diff: dict[str, tuple[int, int]] = {}
+        rollup_diffs: dict[str, int] = {}
+        # sums: the ledger plus whatever failed sends were stored (their values are unknown
+        # to the ledger, so a run with any of them stored compares only what it can)
+        if not ids["unacked_present"] and not ids["invented"]:
+            want, got = _totals(client, table)
+            for column, w, g in zip(("requests", *SUMS), want, got, strict=True):
+                if w != g:
+                    totals_diff[column] = (w, g)
+            for name, spec in ROLLUPS.items():
+                bad = _rollup_diff(client, table, name, spec)
+                if bad:
+                    rollup_diffs[name] = bad
         budget_got = {
-            b.budget_id: _budget_spend(client, b, budget_amounts(b, ledger.acked.values(), catalog))
+            b.budget_id: _budget_spend(client, b, amounts[b.budget_id])
             for b in ledger.budgets
             if b.period != "rolling"
         }
     finally:
-        client.close()
-
-    acked = ledger.acked
-    lost = [eid for eid in acked if eid not in stored]
-    duplicated = {eid: c - 1 for eid, (c, *_) in stored.items() if c > 1}
-    invented = [eid for eid in stored if eid not in acked and eid not in ledger.unacked]
-    unacked_present = sum(1 for eid in ledger.unacked if eid in stored)
-    mispriced = []
-    for eid, (_, low, high, source) in stored.items():
-        event = acked.get(eid)
-        if event is None:
-            continue
-        price = catalog.price(event)
-        if low != high or low != price.cost_nanos or source != price.source:
-            mispriced.append(eid)
-    for name, ids in (
-        ("lost", lost),
-        ("duplicated", list(duplicated)),
-        ("invented", invented),
-        ("mispriced", mispriced),
-        ("orphan_keys", orphans),
-    ):
-        if ids:
-            samples[name] = tuple(sorted(ids)[:SAMPLE])
-
-    # sums: the ledger plus whatever failed sends were stored (their values are unknown to
-    # the ledger, so a run with any of them stored compares only what it can)
-    truth_totals, truth_rollups = _truth(acked.values(), catalog)
-    totals_diff: dict[str, tuple[int, int]] = {}
-    rollup_diffs: dict[str, int] = {}
-    if not unacked_present and not invented:
-        for i, column in enumerate(("requests", *SUMS)):
-            want, got = truth_totals[i], totals_got[i]
-            if want != got:
-                totals_diff[column] = (want, got)
-        for table, got_rows in rollups_got.items():
-            want_rows = truth_rollups[table]
-            keys = want_rows.keys() | got_rows.keys()
-            bad = sum(1 for k in keys if want_rows.get(k) != got_rows.get(k))
-            if bad:
-                rollup_diffs[table] = bad
+        try:
+            client.command(f"DROP TABLE IF EXISTS {table}")
+        finally:
+            client.close()
 
     budget_diffs: dict[str, str] = {}
     for budget in ledger.budgets:
         if budget.period == "rolling":
             continue
-        wanted = budget_amounts(budget, acked.values(), catalog)
+        wanted = amounts[budget.budget_id]
         found = budget_got[budget.budget_id]
         for start in sorted(wanted.keys() | found.keys()):
-            if wanted.get(start, 0) != found.get(start, 0) and not unacked_present:
+            if wanted.get(start, 0) != found.get(start, 0) and not ids["unacked_present"]:
                 budget_diffs[f"{budget.budget_id}@{start}"] = (
                     f"ClickHouse {found.get(start, 0)}, ledger {wanted.get(start, 0)}"
                 )
@@ -457,8 +452,8 @@ def check(
                 extra.append(aid)
             else:
                 unmodelled[alert["kind"]] += 1
-        _check_alert_spend(ledger, seen_alerts, catalog, budget_diffs)
-        enforcement_diffs = _check_enforcement(settings, ledger, catalog)
+        _check_alert_spend(ledger, seen_alerts, amounts, budget_diffs)
+        enforcement_diffs = _check_enforcement(settings, ledger, amounts)
         if missing:
             samples["missing_alerts"] = tuple(sorted(missing)[:SAMPLE])
         if extra:
@@ -471,16 +466,16 @@ def check(
             samples["duplicate_alerts"] = tuple(sorted(dup_ids)[:SAMPLE])
 
     return CheckResult(
-        acked=len(acked),
+        acked=len(ledger.acked),
         acked_messages=ledger.acked_messages,
-        unacked=len(ledger.unacked),
-        rows=rows,
-        stored=len(stored),
-        lost=len(lost),
-        duplicated=sum(duplicated.values()),
-        invented=len(invented),
-        unacked_present=unacked_present,
-        mispriced=len(mispriced),
+        unacked=len(unacked),
+        rows=ids["rows"],
+        stored=ids["stored"],
+        lost=ids["lost"],
+        duplicated=ids["duplicated"],
+        invented=ids["invented"],
+        unacked_present=ids["unacked_present"],
+        mispriced=ids["mispriced"],
         totals_diff=totals_diff,
         rollup_diffs=rollup_diffs,
         budget_diffs=budget_diffs,
@@ -492,52 +487,132 @@ def check(
         extra_alerts=len(extra),
         unmodelled_alerts=dict(unmodelled),
         samples=samples,
-        orphan_keys=len(orphans),
+        orphan_keys=ids["orphan_keys"],
     )
 
 
-def _truth(
-    acked: Iterable[events.Event], catalog: PriceCatalog
-) -> tuple[list[int], dict[str, dict[tuple[Any, ...], tuple[int, ...]]]]:
-    totals = [0] * (len(SUMS) + 1)
-    rollups: dict[str, dict[tuple[Any, ...], list[int]]] = {
-        name: defaultdict(lambda: [0] * (len(SUMS) + 1)) for name in ROLLUPS
+#: the ledger table's grouping columns (None stored as '', as token_events stores it)
+_LEDGER_DIMS = _DIMENSIONS
+#: rows per insert into the ledger table
+_CHUNK = 100_000
+
+
+def _upload(client: Any, table: str, ledger: Ledger, unacked: Iterable[str]) -> None:
+    """The ledger's distinct acked events (kind 0) and failed ids (kind 1) into ``table``."""
+    dims = ", ".join(f"{d} String" for d in _LEDGER_DIMS)
+    tokens = ", ".join(f"{f} Int64" for f in events.TOKEN_FIELDS)
+    client.command(
+        f"CREATE TABLE {table} (kind UInt8, event_id UUID, cost Int64, source String, "
+        f"hour UInt32, day UInt32, {dims}, {tokens}) ENGINE = MergeTree ORDER BY tuple()"
+    )
+    names = ["kind", "event_id", "cost", "source", "hour", "day", *_LEDGER_DIMS]
+    names += list(events.TOKEN_FIELDS)
+    frozen = ledger.frozen()
+    values = ledger.strings.values
+    text = ["" if v is None else v for v in values]
+    total = len(frozen.u_first)
+    for lo in range(0, total, _CHUNK):
+        part = slice(lo, min(total, lo + _CHUNK))
+        times = frozen.u("event_time")[part]
+        columns: list[Any] = [
+            [0] * (part.stop - part.start),
+            [ledger.event_id(m) for m in frozen.u_first[part].tolist()],
+            frozen.u("cost")[part].tolist(),
+            [text[c] for c in frozen.u("source")[part].tolist()],
+            (times // HOUR_MS * 3600).tolist(),
+            (times // DAY_MS).tolist(),
+            *([text[c] for c in frozen.u(d)[part].tolist()] for d in _LEDGER_DIMS),
+            *(frozen.u(f)[part].tolist() for f in events.TOKEN_FIELDS),
+        ]
+        client.insert(table, columns, column_names=names, column_oriented=True)
+    failed = sorted(unacked)
+    if failed:
+        n = len(failed)
+        zeros = [0] * n
+        columns = [[1] * n, failed, zeros, [""] * n, zeros, zeros]
+        columns += [[""] * n for _ in _LEDGER_DIMS] + [zeros for _ in events.TOKEN_FIELDS]
+        client.insert(table, columns, column_names=names, column_oriented=True)
+
+
+def _ids_check(client: Any, table: str, samples: dict[str, tuple[str, ...]]) -> dict[str, int]:
+    """Per-id counts, ClickHouse side: rows, stored, lost, duplicated, invented,
+    unacked_present, mispriced, orphan_keys; ``samples`` gets a few ids of each failing one."""
+
+    def one(sql: str) -> int:
+        return int(client.query(sql).result_rows[0][0])
+
+    def sample(name: str, ids_sql: str) -> None:
+        rows = client.query(f"SELECT s FROM ({ids_sql}) ORDER BY s LIMIT {SAMPLE}").result_rows
+        samples[name] = tuple(str(r[0]) for r in rows)
+
+    out: dict[str, int] = {}
+    rows, stored = client.query(
+        "SELECT count(), uniqExact(event_id) FROM token_events"
+    ).result_rows[0]
+    out["rows"], out["stored"] = int(rows), int(stored)
+    stored_ids = "SELECT event_id FROM token_events"
+    queries = {
+        "lost": f"SELECT toString(event_id) AS s FROM {table} "
+        f"WHERE kind = 0 AND event_id NOT IN ({stored_ids})",
+        "invented": f"SELECT toString(event_id) AS s FROM (SELECT DISTINCT event_id FROM "
+        f"token_events) WHERE event_id NOT IN (SELECT event_id FROM {table})",
+        "mispriced": "SELECT toString(t.event_id) AS s FROM (SELECT event_id, "
+        "min(cost_nanos) AS low, max(cost_nanos) AS high, any(cost_source) AS src "
+        f"FROM token_events GROUP BY event_id) AS t INNER JOIN (SELECT event_id, cost, source "
+        f"FROM {table} WHERE kind = 0) AS l ON t.event_id = l.event_id WHERE t.low != t.high "
+        "OR toInt128(t.low) != toInt128(l.cost) OR t.src != l.source",
+        "orphan_keys": "SELECT toString(event_id) AS s FROM (SELECT DISTINCT event_id FROM "
+        f"event_ids) WHERE event_id NOT IN ({stored_ids})",
     }
-    for event in acked:
-        values = [1, *(event[f] for f in events.TOKEN_FIELDS), catalog.price(event).cost_nanos]
-        times = {
-            "hour": event["event_time"] // HOUR_MS * 3600,
-            "day": event["event_time"] // DAY_MS,
-        }
-        for i, value in enumerate(values):
-            totals[i] += value
-        for name, (time_column, dims) in ROLLUPS.items():
-            row = rollups[name][(times[time_column], *(event.get(d) or "" for d in dims))]
-            for i, value in enumerate(values):
-                row[i] += value
-    return totals, {n: {k: tuple(v) for k, v in r.items()} for n, r in rollups.items()}
+    for name, sql in queries.items():
+        out[name] = one(f"SELECT count() FROM ({sql})")
+        if out[name]:
+            sample(name, sql)
+    copies = "SELECT event_id, count() AS c FROM token_events GROUP BY event_id HAVING c > 1"
+    out["duplicated"] = one(f"SELECT sum(c - 1) FROM ({copies})")
+    if out["duplicated"]:
+        sample("duplicated", f"SELECT toString(event_id) AS s FROM ({copies})")
+    out["unacked_present"] = one(
+        f"SELECT uniqExact(event_id) FROM {table} WHERE kind = 1 AND event_id IN ({stored_ids})"
+    )
+    return out
 
 
-def _totals(client: Any) -> list[int]:
-    sums = ", ".join(f"sum({c})" for c in SUMS)
-    row = client.query(f"SELECT count(), {sums} FROM token_events").result_rows[0]
-    return [int(v) for v in row]
+def _totals(client: Any, table: str) -> tuple[list[int], list[int]]:
+    """(ledger, ClickHouse): requests, every token sum and cost."""
+    got = ", ".join(f"sum(toInt128({c}))" for c in SUMS)
+    want = ", ".join(f"sum(toInt128({c}))" for c in (*events.TOKEN_FIELDS, "cost"))
+    ledger_row = client.query(f"SELECT count(), {want} FROM {table} WHERE kind = 0")
+    stored_row = client.query(f"SELECT count(), {got} FROM token_events")
+    return (
+        [int(v) for v in ledger_row.result_rows[0]],
+        [int(v) for v in stored_row.result_rows[0]],
+    )
 
 
-def _rollup(
-    client: Any, table: str, spec: tuple[str, tuple[str, ...]]
-) -> dict[tuple[Any, ...], tuple[int, ...]]:
+def _rollup_diff(client: Any, table: str, rollup: str, spec: tuple[str, tuple[str, ...]]) -> int:
+    """Keys of ``rollup`` whose sums differ from the ledger's (or that only one side has)."""
     time_column, dims = spec
-    key = "toUnixTimestamp(hour)" if time_column == "hour" else "toUInt32(day)"
-    query = (
-        f"SELECT {key}, {', '.join(dims)}, sum(requests), "
-        f"{', '.join(f'sum({c})' for c in SUMS)} FROM {quote_identifier(table)} "
-        f"GROUP BY {key}, {', '.join(dims)}"
+    stored_key = "toUnixTimestamp(hour)" if time_column == "hour" else "toUInt32(day)"
+    ledger_key = "hour" if time_column == "hour" else "day"
+    keys = ", ".join(("k", *dims))
+    dim_cols = ", ".join(f"toString({d}) AS {d}" for d in dims)
+    names = ("requests", *SUMS)
+    got = ", ".join(f"sum(toInt128({c})) AS {c}" for c in names)
+    want = ", ".join(
+        ["toInt128(count()) AS requests"]
+        + [f"sum(toInt128({c})) AS {c}" for c in events.TOKEN_FIELDS]
+        + ["sum(toInt128(cost)) AS cost_nanos"]
     )
-    return {
-        tuple(r[: len(dims) + 1]): tuple(int(v) for v in r[len(dims) + 1 :])
-        for r in client.query(query).result_rows
-    }
+    differs = " OR ".join(["g.present != w.present", *(f"g.{c} != w.{c}" for c in names)])
+    sql = (
+        f"SELECT count() FROM (SELECT toUInt32({stored_key}) AS k, {dim_cols}, {got}, "
+        f"toUInt8(1) AS present FROM {quote_identifier(rollup)} GROUP BY {keys}) AS g "
+        f"FULL OUTER JOIN (SELECT toUInt32({ledger_key}) AS k, {dim_cols}, {want}, "
+        f"toUInt8(1) AS present FROM {table} WHERE kind = 0 GROUP BY {keys}) AS w "
+        f"USING ({keys}) WHERE {differs}"
+    )
+    return int(client.query(sql, settings={"join_use_nulls": 0}).result_rows[0][0])
 
 
 def _budget_spend(client: Any, budget: Budget, periods: Mapping[int, int]) -> dict[int, int]:
@@ -582,20 +657,17 @@ def _ms(value: Any) -> int:
 def _check_alert_spend(
     ledger: Ledger,
     seen: Mapping[str, Mapping[str, Any]],
-    catalog: PriceCatalog,
+    amounts: Mapping[str, Mapping[int, int]],
     diffs: dict[str, str],
 ) -> None:
     """A threshold alert's ``spent``: at least its threshold, at most the period's total."""
     by_id = {b.budget_id: b for b in ledger.budgets}
-    totals: dict[str, dict[int, int]] = {}
     for aid, alert in seen.items():
         budget = by_id.get(alert.get("budget_id") or "")
         if alert["kind"] != "threshold_crossed" or budget is None or budget.period == "rolling":
             continue
-        if budget.budget_id not in totals:
-            totals[budget.budget_id] = budget_amounts(budget, ledger.acked.values(), catalog)
         start = _ms(alert["period_start"])
-        total = totals[budget.budget_id].get(start, 0)
+        total = amounts[budget.budget_id].get(start, 0)
         pct = alert["threshold_pct"] or 0
         if not (alert["spent"] * 100 >= budget.limit * pct and alert["spent"] <= total):
             diffs[f"{budget.budget_id}@{start} alert {aid}"] = (
@@ -604,7 +676,9 @@ def _check_alert_spend(
             )
 
 
-def _check_enforcement(settings: Settings, ledger: Ledger, catalog: PriceCatalog) -> dict[str, str]:
+def _check_enforcement(
+    settings: Settings, ledger: Ledger, amounts: Mapping[str, Mapping[int, int]]
+) -> dict[str, str]:
     """The last block state of every block-mode budget against the ledger's current period."""
     state: dict[str, dict[str, Any] | None] = {}
     for msg in read_topic(settings, settings.topic_enforcement):
@@ -616,7 +690,7 @@ def _check_enforcement(settings: Settings, ledger: Ledger, catalog: PriceCatalog
         if budget.mode != "block" or budget.period == "rolling":
             continue
         start = calendar_period(now, budget.period, budget.timezone).start
-        total = budget_amounts(budget, ledger.acked.values(), catalog).get(start, 0)
+        total = amounts[budget.budget_id].get(start, 0)
         record = state.get(budget.budget_id)
         blocked = bool(record and record.get("blocked"))
         if blocked != (total >= budget.limit):

@@ -403,3 +403,14 @@ def _default_price() -> Callable[[Mapping[str, Any]], int]:
 
     catalog = default_catalog()
     return lambda event: catalog.price(event).cost_nanos
+
+
+def definitions(steps: Sequence[Step]) -> list[Definition]:
+    """Every budget definition with the steps it was current for (the checker's fast path
+    over a ledger shares it)."""
+    return _definitions(steps)
+
+
+def alerts_of(d: Definition, buckets: Mapping[int, Total], hold_ms: int = HOLD_MS) -> set[AlertKey]:
+    """The threshold alerts of definition ``d`` given its version's totals at its end."""
+    return _alerts(d, buckets, hold_ms)
