@@ -240,6 +240,13 @@ class BudgetTotals:
         self.alerted: dict[tuple[str, str, int], list[Any]] = {}
         #: budget_id -> [definition_version, period start, until] of its block
         self.blocks: dict[str, list[Any]] = {}
+        #: budget ids whose record on the enforcement topic this incarnation has not written:
+        #: a predecessor may have published a block (or a tombstone) after the checkpoint this
+        #: one restored, which ``blocks`` does not know. Once the predecessor's partials are
+        #: all replayed (``caught_up``), the next decision on each is written whatever it is
+        #: (not checkpointed: every incarnation starts unsure of every budget it holds)
+        self.unsure: set[str] = set()
+        self.replayed = False
         #: budget_id -> definition version last evaluated (a change re-evaluates its periods)
         self.evaluated: dict[str, str] = {}
         self.orgs: dict[tuple[str, int], Bucket] = {}
@@ -320,6 +327,8 @@ class BudgetTotals:
         if known is None:
             known = self.versions[(budget_id, version)] = {}
             self._versions_of.setdefault(budget_id, set()).add(version)
+            if not self.replayed:
+                self.unsure.add(budget_id)
         have = known.get(p)
         if have is not None and have[1] == split:
             if seq > have[0]:
@@ -657,23 +666,38 @@ class BudgetTotals:
         spent, period_start, until = self.current_spend(budget, now)
         if spent is None:
             return
-        blocked = self.blocks.get(budget.budget_id)
+        budget_id = budget.budget_id
+        blocked = self.blocks.get(budget_id)
         rolling = budget.period == "rolling"
         state = [budget.definition_version, 0 if rolling else period_start]
+        # a predecessor's record may say otherwise than ``blocks``: write this decision
+        rewrite = self.replayed and budget_id in self.unsure
         if spent >= budget.limit:
-            if blocked is None or blocked[:2] != state:
+            if blocked is None or blocked[:2] != state or rewrite:
                 if rolling:
                     until = self._rolling_until(budget, until)
-                self.blocks[budget.budget_id] = [*state, until]
-                out.enforcement.append(
-                    (
-                        budget.budget_id,
-                        enforcement_value(budget, True, until, spent, period_start, now),
-                    )
+                self.blocks[budget_id] = [*state, until]
+                self._write(
+                    budget_id, enforcement_value(budget, True, until, spent, period_start, now), out
                 )
-        elif blocked is not None:
-            del self.blocks[budget.budget_id]
-            out.enforcement.append((budget.budget_id, None))
+        elif blocked is not None or rewrite:
+            self.blocks.pop(budget_id, None)
+            self._write(budget_id, None, out)
+
+    def _write(self, budget_id: str, value: bytes | None, out: Stage2Output) -> None:
+        """A record on the enforcement topic (None: a tombstone, unblocked)."""
+        self.unsure.discard(budget_id)
+        out.enforcement.append((budget_id, value))
+
+    def caught_up(self) -> None:
+        """Every partial on this partials partition when this incarnation started is applied:
+        whatever a predecessor published on the enforcement topic after the checkpoint this
+        one restored was decided on partials that this one has now seen. From here on, the
+        first decision on each budget it holds is written to the topic even where ``blocks``
+        has it already, so that a block published after that checkpoint, which no later
+        decision here would lift (the window slid, the period or the budget ended while no
+        stage 2 ran), is lifted (or a tombstone published after it is undone)."""
+        self.replayed = True
 
     # ------------------------------------------------------------------ the timer
 
@@ -683,11 +707,15 @@ class BudgetTotals:
         period ended or whose window slid below the limit is lifted."""
         out = Stage2Output()
         ids = {bid for bid, _ in self.versions} | set(self.blocks)
+        if self.replayed:
+            ids |= self.unsure
         for budget_id in sorted(ids):
             budget = self.budgets.get(budget_id)
-            if (budget is None or budget.mode != "block") and budget_id in self.blocks:
-                del self.blocks[budget_id]
-                out.enforcement.append((budget_id, None))
+            if (budget is None or budget.mode != "block") and (
+                budget_id in self.blocks or (self.replayed and budget_id in self.unsure)
+            ):
+                self.blocks.pop(budget_id, None)
+                self._write(budget_id, None, out)
             if budget is None:
                 self._forget(budget_id, None)
                 continue
@@ -865,6 +893,8 @@ class BudgetTotals:
         self.pending = set()
         self.alerted = {(a[0], a[1], a[2]): [a[3], list(a[4])] for a in state["alerted"]}
         self.blocks = {k: list(v) for k, v in state["blocks"].items()}
+        self.unsure = {bid for bid, _ in self.versions} | set(self.blocks)
+        self.replayed = False
         self.evaluated = dict(state["evaluated"])
         self.orgs = {(b[0], b[1]): Bucket.from_list(b[2]) for b in state["orgs"]}
         self.org_first = dict(state["org_first"])

@@ -123,6 +123,9 @@ class _PartitionSlot:
     reported_at: float = 0.0
     #: monotonic time before which this slot is not checkpointed again (see CHECKPOINT_SHARE)
     next_checkpoint_at: float = 0.0
+    #: stage 2: the partition's end offset when first seen, which its replay must reach
+    #: before the processor is ``caught_up`` (None: not seen yet)
+    replay_to: int | None = None
 
     def track(self, send: asyncio.Future[Any], handed_at: float) -> None:
         if not self.sends:
@@ -731,9 +734,18 @@ class Worker:
                 caught_up = high is not None and processor.applied + 1 >= high
             out = processor.tick(now, caught_up)
             await self._publish_stage1(slot, out, IDLE_CLOCK_EVERY_S)
+        partials = partials_topic(self.settings)
         for slot in list(self.stage2.values()):
-            if self.stage2.get(slot.partition) is slot:
-                await self._publish_stage2(slot, slot.processor.tick(now))
+            if self.stage2.get(slot.partition) is not slot:
+                continue
+            totals: BudgetTotals = slot.processor
+            if not totals.replayed and consumer is not None:
+                # what a predecessor published was decided on partials before this end
+                if slot.replay_to is None:
+                    slot.replay_to = consumer.highwater(TP(partials, slot.partition))
+                if slot.replay_to is not None and totals.applied + 1 >= slot.replay_to:
+                    totals.caught_up()
+            await self._publish_stage2(slot, totals.tick(now))
 
     def _check_health(self, consumer: Any) -> None:
         """Record what the health rule (streams/worker/health.py) judges: each owned

@@ -12,11 +12,12 @@ import dataclasses
 import uuid
 from typing import Any
 
-from streams.budgets import Budget, budget_from_spec
+from streams.budgets import Budget, StaticBudgets, budget_from_spec
 from streams.events import INT64_MAX, MAX_COST_NANOS, MAX_TOKENS, problems
 from streams.processors.alerts import runaway_alert_id, threshold_alert_id
 from streams.processors.detectors import RunawayRules, SessionState, observe_turn
 from streams.processors.periods import calendar_period
+from streams.processors.stage1 import Stage1Config
 from streams.processors.stage2 import rolling_bucket_ms
 from tests.unit.stage_helpers import event
 from tests.unit.truth_harness import (
@@ -268,6 +269,77 @@ def test_a_rolling_block_is_lifted_by_the_timer_as_soon_as_spend_slides_below_th
     h = check(1, ops)
     assert h.problems() == []
     assert block_of(h, "roll") is None
+
+
+def test_a_rolling_block_published_after_stage_2s_checkpoint_is_lifted_after_a_restart() -> None:
+    """Found by ``make truth-long`` (roll-1h, Crash(-1), a Tick 26 h later): stage 2 blocks,
+    then restarts from a checkpoint that predates the block (or none at all) once the
+    spend slid out of the window. Its replay judges the window at the new time (below the
+    limit), so it never learns of the block on the topic, and no later decision lifted it:
+    blocked forever. Once replayed, it writes its first decision on every budget it holds."""
+    roll = budget("roll", "1", mode="block", period="rolling", window="1h")
+    ops: list[Op] = [Change((roll,), T)]
+    ops += [Append(0, T + i * SEC, ev(T + i * SEC, cost=30 * CENT)) for i in range(4)]
+    ops += [Process(0, 4)]
+    # another org's event moves the clock past the window; the timer has not run since
+    ops += [Append(0, T + 2 * HOUR, ev(T + 2 * HOUR, org_id="beta"))]
+    h = check(1, list(ops))
+    assert h.problems() == []  # (no restart: the timer lifts it)
+    assert block_of(h, "roll") is None
+    for before in ([], [Checkpoint(-1)]):  # no checkpoint; one from before the block
+        restarted = [*ops[:1], *before, *ops[1:], Crash(-1), Tick(T + 26 * HOUR)]
+        h = check(1, restarted)
+        assert h.problems() == []
+        assert block_of(h, "roll") is None
+
+
+def test_a_day_block_published_after_stage_2s_checkpoint_is_lifted_by_a_restart_next_day() -> None:
+    """The calendar case (``beta-day`` in the long run): a day budget blocked, stage 2
+    restarted after the day ended from a checkpoint without the block: lifted."""
+    day = budget("day", "1", mode="block", period="day")
+    ops: list[Op] = [Change((day,), T), Checkpoint(-1)]
+    ops += [Append(0, T + i * SEC, ev(T + i * SEC, cost=30 * CENT)) for i in range(4)]
+    ops += [Process(0, 4), Append(0, T + 13 * HOUR, ev(T + 13 * HOUR, org_id="beta"))]
+    ops += [Crash(-1), Tick(T + 14 * HOUR)]
+    h = check(1, ops)
+    assert h.problems() == []
+    assert block_of(h, "day") is None
+
+
+def test_a_block_published_after_stage_2s_checkpoint_is_lifted_if_deleted_meanwhile() -> None:
+    """Stage 2 blocks, the budget is deleted, stage 2 restarts from a checkpoint without the
+    block before its timer ran: lifted (the restarted stage 2 did not know it had blocked)."""
+    cap = budget("cap", "1", mode="block")
+    ops: list[Op] = [Change((cap,), T), Checkpoint(-1)]
+    ops += [Append(0, T + i * SEC, ev(T + i * SEC, cost=30 * CENT)) for i in range(4)]
+    ops += [Process(0, 4)]
+    h = Harness(1, Stage1Config(), check(1, [*ops, Change((), T + MIN)]).model)
+    for op in ops:
+        h.apply(op)
+    assert block_of(h, "cap") is not None
+    deleted = StaticBudgets([])  # the budgets view changes; stage 2's timer has not run
+    h.view.matcher, h.view._budgets = deleted.matcher, deleted._budgets
+    h.crash(-1)
+    h.settle(T + MIN)
+    assert h.problems() == []
+    assert block_of(h, "cap") is None
+
+
+def test_a_rolling_block_lifted_after_stage_2s_checkpoint_returns_with_new_spend() -> None:
+    """The other way round: the checkpoint holds a block that the timer lifted later (the
+    window slid); restored from it, stage 2 believed the scope still blocked, so new spend
+    over the limit published nothing: the scope stayed unblocked, the spend unbounded."""
+    roll = budget("roll", "1", mode="block", period="rolling", window="1h")
+    ops: list[Op] = [Change((roll,), T)]
+    ops += [Append(0, T + i * SEC, ev(T + i * SEC, cost=30 * CENT)) for i in range(4)]
+    ops += [Process(0, 4), Checkpoint(-1), Tick(T + 2 * HOUR)]
+    h = check(1, list(ops))
+    assert block_of(h, "roll") is None  # lifted by the timer
+    ops += [Crash(-1)]
+    ops += [Append(0, T + 2 * HOUR + i * SEC, ev(T + 2 * HOUR, cost=30 * CENT)) for i in range(4)]
+    h = check(1, ops)
+    assert h.problems() == []
+    assert block_of(h, "roll") is not None
 
 
 def test_two_events_with_10_15_input_tokens_are_dead_lettered_and_sums_never_overflow() -> None:

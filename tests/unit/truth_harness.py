@@ -124,6 +124,7 @@ class Harness:
             hold_margin_ms=config.hold_margin_ms,
         )
         self.totals = self._totals()
+        self.totals.caught_up()  # no predecessor
         self.saved2: bytes | None = None
         self.partials: list[dict[str, Any]] = []  # the partials topic (offset = index)
         self.lookups: list[Lookup] = []
@@ -278,6 +279,7 @@ class Harness:
             self.requests = []  # the new owner asks again (tick)
             replay = [(o, m) for o, m in enumerate(self.partials) if o > self.totals.applied]
             self.collect(self.totals.process(replay))
+            self.totals.caught_up()  # (the worker: once it read to the end it first saw)
             return
         self.lives[p] += 1
         agg = self.aggs[p] = self._aggregator(p)
