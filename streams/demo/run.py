@@ -299,9 +299,9 @@ def run_demo(
     began = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
     if up_stack:
-        from streams.local import stack
+        from streams.local import up
 
-        for result in stack.up(settings):
+        for result in up(settings):
             console.print(f"{result.name}: {result.action} at {result.endpoint}")
     stack_s = time.monotonic() - began
     run = run_settings(settings, partitions=4, run=f"demo{out_dir.name.replace('-', '')}")

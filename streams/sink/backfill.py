@@ -24,7 +24,7 @@ from streams.clickhouse import Target
 from streams.errors import MigrationError
 from streams.migrate import Migration, load_migrations, render
 from streams.pricing import PriceCatalog, default_catalog
-from streams.query.ranges import ceil_utc, floor_utc
+from streams.query import ceil_utc, floor_utc
 from streams.sink.reprice import RepriceReport, reprice
 
 ROLLUPS = {
@@ -136,7 +136,7 @@ def reprice_and_rebuild(
 def backfill_command(rollup: str, start: str, end: str, reprice_rows: bool) -> None:
     """Rebuild rollup rows for a range from token_events (stop the sink for live ranges)."""
     from streams.clickhouse import connect
-    from streams.query.ranges import resolve
+    from streams.query import resolve
     from streams.settings import load_settings
 
     settings = load_settings()
