@@ -7,7 +7,9 @@ every row are in tests/unit/test_budget_truth_rows.py.
   re-evaluated against the new definition;
 - an idle partition does not stop spend-spike detection;
 - delivery before checkpoint: alerts and blocks the broker refused are not checkpointed as
-  sent; the restarted worker publishes them.
+  sent; the restarted worker publishes them;
+- a block published after the last checkpoint lifts after a restart (the budget deleted
+  while the worker was down).
 """
 
 from __future__ import annotations
@@ -289,6 +291,50 @@ def test_an_alert_and_a_block_the_broker_refused_are_published_after_a_restart(
         assert got == 110 * CENT
         ids = [a["alert_id"] for a in _alerts(settings)]
         assert len(ids) == len(set(ids)) == 3  # 50, 80 and 100%, once each
+    finally:
+        workers.stop_all()
+        producer.close()
+
+
+def test_a_block_published_after_the_last_checkpoint_lifts_when_deleted_while_down(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    """A worker blocks a scope and is killed before its next checkpoint (here: none, the
+    interval is an hour); the budget is deleted while no worker runs. The restarted worker
+    restored no block (the checkpoint never had it) and decided "not blocked" on the replay,
+    so nothing lifted the block on the enforcement topic: blocked forever (found by the
+    budget-truth property test, tests/unit/test_budget_truth_rows.py). Now lifted once the
+    restarted stage 2 has replayed its partials."""
+    settings = _unique_settings(kafka_settings)
+    ensure_topics(settings, worker_topics(settings))
+    org = f"down-{uuid.uuid4().hex[:8]}"
+    cap = budget_from_spec(
+        {"id": f"{org}-cap", "scope": {"org": org}, "mode": "block", "limit_usd": "1.00"},
+        now_ms=now_ms() - 86_400_000,
+    )
+    publish(settings, {cap.budget_id: cap})
+    workers = Workers(settings, tmp_path, extra={"WORKER_FLUSH_SECONDS": "3600"})
+    producer = TokenEventProducer(settings)
+    try:
+        first = workers.start()
+        producer.watch_enforcement()
+        producer.record(
+            org_id=org,
+            team_id="platform",
+            user_id="ana",
+            client="claude-code",
+            provider="anthropic",
+            model="claude-sonnet-4-5",
+            cost_nanos=110 * CENT,
+        )
+        producer.flush()
+        _wait_for("blocked at $1.10 of $1", workers, lambda: _blocked(producer, org))
+        workers.kill(first)
+        publish(settings, {cap.budget_id: None})
+        workers.start()
+        sent = time.monotonic()
+        _wait_for("lifted after the restart", workers, lambda: _blocked(producer, org) is None, 60)
+        print(f"lifted {time.monotonic() - sent:.1f}s after the restart")
     finally:
         workers.stop_all()
         producer.close()
