@@ -7,19 +7,15 @@ import json
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 
-from streams.budgets import budget_from_spec, publish
+from streams.budgets import budget_from_spec
 from streams.events import now_ms
 from streams.local._common import free_ports
-from streams.sdk import TokenEventProducer
 from streams.settings import Settings
-from streams.topics import ensure_topics
-from streams.worker import worker_topics
-from tests.integration.test_worker_scenario import Workers, _unique_settings
+from tests.integration.worker_run import ready_worker
 
 pytestmark = pytest.mark.integration
 
@@ -46,43 +42,18 @@ def test_metrics_show_every_hop_of_an_alert_and_health_is_ok(
     kafka_settings: Settings, tmp_path: Path
 ) -> None:
     (port,) = free_ports(1)
-    settings = _unique_settings(kafka_settings)
-    ensure_topics(settings, worker_topics(settings))
     budget = budget_from_spec(
         {"id": "m", "scope": {"org": "acme"}, "period": "day", "limit_usd": "0.5", "mode": "block"},
         now_ms=now_ms() - 86_400_000,
     )
-    publish(settings, {"m": budget})
-    workers = Workers(
-        settings, tmp_path, extra={"METRICS_PORT": str(port), "WORKER_SINK_CHECKS": "false"}
-    )
-    producer = TokenEventProducer(settings)
-    try:
-        workers.start()
+    extra = {"METRICS_PORT": str(port), "WORKER_SINK_CHECKS": "false"}
+    with ready_worker(kafka_settings, tmp_path, extra=extra, budgets={"m": budget}) as run:
         base = f"http://127.0.0.1:{port}"
+        run.send(100_000_000 * (1 + i % 2) for i in range(20))
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            workers.assert_alive()
-            try:
-                status, _ = _get(base + "/healthz")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.5)
-        for i in range(20):
-            producer.record(
-                org_id="acme",
-                team_id="t",
-                user_id="u",
-                client="c",
-                provider="anthropic",
-                model="claude-sonnet-4-5",
-                event_id=str(uuid.uuid4()),
-                cost_nanos=100_000_000 * (1 + i % 2),
-            )
-        producer.flush()
         hops: dict[str, float] = {}
         while time.monotonic() < deadline:
-            workers.assert_alive()
+            run.workers.assert_alive()
             status, body = _get(base + "/metrics")
             hops = _hops(body.decode())
             if all(hops.get(h) for h in ("appended_to_alert", "alert_ack", "appended_to_block")):
@@ -110,9 +81,6 @@ def test_metrics_show_every_hop_of_an_alert_and_health_is_ok(
         assert status == 200
         assert json.loads(body)["ok"] is True
         assert _get(base + "/nothing")[0] == 404
-    finally:
-        workers.stop_all()
-        producer.close()
 
 
 def test_healthz_fails_when_the_worker_stops_making_progress(
@@ -127,37 +95,14 @@ def test_healthz_fails_when_the_worker_stops_making_progress(
     from streams.worker import partials_topic
 
     (port,) = free_ports(1)
-    settings = _unique_settings(kafka_settings)
-    ensure_topics(settings, worker_topics(settings))
-    workers = Workers(
-        settings,
-        tmp_path,
-        extra={"METRICS_PORT": str(port), "WORKER_SINK_CHECKS": "false", "WORKER_STALL_S": "5"},
-    )
-    producer = TokenEventProducer(settings)
-
-    def send(n: int) -> None:
-        for _ in range(n):
-            producer.record(
-                org_id="acme",
-                team_id="t",
-                user_id="u",
-                client="c",
-                provider="anthropic",
-                model="claude-sonnet-4-5",
-                event_id=str(uuid.uuid4()),
-                cost_nanos=1000,
-            )
-        producer.flush()
-
-    try:
-        workers.start()
+    extra = {"METRICS_PORT": str(port), "WORKER_SINK_CHECKS": "false", "WORKER_STALL_S": "5"}
+    with ready_worker(kafka_settings, tmp_path, extra=extra) as run:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         counted = 0.0
         while time.monotonic() < deadline and not counted:
-            workers.assert_alive()
-            send(20)
+            run.workers.assert_alive()
+            run.send([1000] * 20)
             try:
                 status, body = _get(base + "/metrics")
             except (urllib.error.URLError, ConnectionError):
@@ -171,13 +116,13 @@ def test_healthz_fails_when_the_worker_stops_making_progress(
         status, body = _get(base + "/healthz")
         assert status == 200, body
 
-        admin = AdminClient(settings.kafka_client_config())
-        admin.delete_topics([partials_topic(settings)])[partials_topic(settings)].result(30)
+        admin = AdminClient(run.settings.kafka_client_config())
+        admin.delete_topics([partials_topic(run.settings)])[partials_topic(run.settings)].result(30)
         found: tuple[int, bytes] = (0, b"")
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            workers.assert_alive()
-            send(20)
+            run.workers.assert_alive()
+            run.send([1000] * 20)
             found = _get(base + "/healthz")
             if found[0] == 503:
                 break
@@ -186,7 +131,4 @@ def test_healthz_fails_when_the_worker_stops_making_progress(
         assert status == 503, body
         reasons = json.loads(body)["stalled"]
         assert any("no progress" in r or "not acknowledged" in r for r in reasons), reasons
-        workers.assert_alive()  # alive and stalled: only the probe would notice
-    finally:
-        workers.stop_all()
-        producer.close()
+        run.workers.assert_alive()  # alive and stalled: only the probe would notice

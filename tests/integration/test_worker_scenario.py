@@ -301,9 +301,12 @@ class Workers:
         self.logs = logs
         self.extra = {f"SPENDSTREAM_{k}": v for k, v in (extra or {}).items()}
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.log_paths: list[Path] = []  # procs[i]'s output
 
     def start(self, command: str = "worker") -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"{command}-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        path = self.logs / f"{command}-{len(self.procs)}.log"
+        self.log_paths.append(path)
+        log = open(path, "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-c", "from streams.cli import main; main()", command],
             env={**_env(self.settings), **self.extra},
@@ -312,6 +315,17 @@ class Workers:
         )
         self.procs.append(proc)
         return proc
+
+    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+        """Until faust logs "Worker ready" (partitions assigned, tables recovered): events
+        sent before may wait out a rebalance, which a test's own deadline then pays for."""
+        log = self.log_paths[self.procs.index(proc)]
+        deadline = time.monotonic() + timeout
+        while "Worker ready" not in log.read_text(errors="ignore"):
+            self.assert_alive()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker not ready after {timeout:.0f} s: see {log}")
+            time.sleep(0.5)
 
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
         proc.send_signal(signal.SIGKILL)

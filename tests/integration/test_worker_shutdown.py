@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from streams.sdk import TokenEventProducer
 from streams.settings import Settings
-from streams.topics import ensure_topics
-from streams.worker import worker_topics
-from tests.integration.test_worker_scenario import Workers, _unique_settings
+from tests.integration.worker_run import ready_worker
 
 pytestmark = pytest.mark.integration
 
@@ -24,36 +20,13 @@ pytestmark = pytest.mark.integration
 def test_sigterm_under_load_stops_the_worker_in_seconds(
     kafka_settings: Settings, tmp_path: Path
 ) -> None:
-    settings = _unique_settings(kafka_settings)
-    ensure_topics(settings, worker_topics(settings))
-    workers = Workers(settings, tmp_path, extra={"WORKER_SINK_CHECKS": "false"})
-    producer = TokenEventProducer(settings)
-    try:
-        proc = workers.start()
-        log = tmp_path / "worker-0.log"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and "Worker ready" not in log.read_text(errors="ignore"):
-            workers.assert_alive()
-            time.sleep(0.5)
+    with ready_worker(kafka_settings, tmp_path, extra={"WORKER_SINK_CHECKS": "false"}) as run:
         for _ in range(40):  # 4 s of steady events: batches are always held for a checkpoint
-            for _ in range(20):
-                producer.record(
-                    org_id="acme",
-                    team_id="t",
-                    user_id="u",
-                    client="c",
-                    provider="anthropic",
-                    model="claude-sonnet-4-5",
-                    event_id=str(uuid.uuid4()),
-                    cost_nanos=1000,
-                )
+            run.send([1000] * 20)
             time.sleep(0.1)
         started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        producer.flush()
-        proc.wait(timeout=45)  # it waited for ever before (killed by the fault run at 60 s)
+        run.proc.send_signal(signal.SIGTERM)
+        run.producer.flush()
+        run.proc.wait(timeout=45)  # it waited for ever before (killed by the fault run at 60 s)
         assert time.monotonic() - started < 45
-        assert "wait_empty: Waiting for tasks" not in log.read_text(errors="ignore")
-    finally:
-        workers.stop_all()
-        producer.close()
+        assert "wait_empty: Waiting for tasks" not in run.log.read_text(errors="ignore")
