@@ -256,15 +256,9 @@ def build_scenario(settings: Settings) -> Scenario:
 def _unique_settings(base: Settings) -> Settings:
     run = uuid.uuid4().hex[:8]
     return dataclasses.replace(
-        base,
+        base.with_topic_prefix(f"test.w{run}"),
         kafka_bootstrap=base.kafka_client_config()["bootstrap.servers"],
         clickhouse_url=base.clickhouse_http_url,
-        topic_events=f"test.w{run}.events",
-        topic_deadletter=f"test.w{run}.deadletter",
-        topic_alerts=f"test.w{run}.alerts",
-        topic_rollups=f"test.w{run}.rollups",
-        topic_budgets=f"test.w{run}.budgets",
-        topic_enforcement=f"test.w{run}.enforcement",
         event_partitions=PARTITIONS,
         worker_id=f"test-worker-{run}",
         sink_group=f"test-sink-{run}",
