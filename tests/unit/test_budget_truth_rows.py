@@ -9,6 +9,7 @@ ClickHouse also have a test on the real services: tests/integration/test_budget_
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from typing import Any
 
@@ -475,3 +476,52 @@ def test_two_orgs_that_reuse_a_session_id_are_two_sessions() -> None:
     [(aid, alert)] = h.alerts.items()
     assert aid == runaway_alert_id("acme", "s-1", "context_growth")
     assert alert["org_id"] == "acme"
+
+
+# ---------------------------------------------------------------------------- also fix: state
+
+
+def test_state_past_its_use_expires_rolling_buckets_first_then_the_month() -> None:
+    """Also fix (state that grows without bound): stage 2's alerted set, rolling buckets and
+    org minutes, and stage 1's id memory, sessions and accumulators expire once past their
+    use: a rolling bucket the hold (24 h) after it left the window (it was kept 40 days), a
+    month's period and its alerted thresholds the hold after the month ends; the alert log
+    forgets ids older than its window."""
+    roll = budget("roll", "1", period="rolling", window="6h")
+    ops: list[Op] = [Change((MONTH, roll), T)]
+    ops += [
+        Append(0, T + i * SEC, ev(T + i * SEC, cost=30 * CENT, session_id=f"s{i}"))
+        for i in range(40)
+    ]
+    h = check(1, list(ops))
+    totals, stage1 = h.totals, h.aggs[0]
+    assert {k[0] for k in totals.buckets} == {"org-month", "roll"}
+    assert {k[0] for k in totals.alerted} == {"roll"}  # $12 of the rolling $1
+    assert totals.orgs and len(stage1.memory) == 40 and len(stage1.sessions) == 40
+    day = 86_400_000
+    h = check(1, [*ops, Tick(T + 2 * day)])
+    totals, stage1 = h.totals, h.aggs[0]
+    assert h.problems() == []
+    assert {k[0] for k in totals.buckets} == {"org-month"}  # the month is still open
+    assert totals.alerted == {} and totals.orgs == {}
+    assert len(stage1.memory) == 0 and len(stage1.sessions) == 0
+    assert spent(h, MONTH, T) == 40 * 30 * CENT
+    h = check(1, [*ops, Tick(T + 40 * day)])  # June ended, and the hold after it
+    totals, stage1 = h.totals, h.aggs[0]
+    assert h.problems() == []
+    assert totals.buckets == {} and totals.alerted == {} and totals.baselines == {}
+    assert stage1.partials == {} and stage1.windows == {}
+
+
+def test_the_alert_log_forgets_ids_older_than_its_window() -> None:
+    from streams.settings import Settings
+    from streams.worker.alertlog import AlertLog
+
+    log = AlertLog(Settings.from_env({}), window_s=3600)
+    now = time.time()
+    log.add("old", now - 3601)
+    log.add("recent", now - 3500)
+    assert log.claim("new") and not log.claim("new")
+    log._expire()
+    assert not log.seen("old") and log.seen("recent") and log.seen("new")
+    assert len(log) == 2
