@@ -331,8 +331,12 @@ class BudgetTotals:
                 self.unsure.add(budget_id)
         have = known.get(p)
         if have is not None and have[1] == split:
+            # the same split keeps its first time: the baselines were asked for the periods
+            # around it, and it bounds the records before the split as well as a later one
+            # (a restarted stage 1 takes the version at the same offset when its next record
+            # comes, hours later maybe: that time needed baselines never asked)
             if seq > have[0]:
-                known[p] = [seq, split, ts]
+                known[p] = [seq, split, have[2]]
             return False
         # another split is a restarted stage 1's (one incarnation never moves a version's
         # split): it took the version at another offset (its checkpoint was older than the
@@ -467,7 +471,8 @@ class BudgetTotals:
             part = bucket.parts.get(p) if bucket is not None else None
             if part is not None:
                 total += part[index]
-                split, split_ts = part[4], part[5]
+                if part[4] != split:  # an earlier life's part: its own split
+                    split, split_ts = part[4], part[5]
             base = self._base(budget, p, split, split_ts, start)
             if base is None:
                 return None

@@ -479,3 +479,32 @@ def test_a_total_version_taken_again_after_another_forgets_its_first_life() -> N
     harness = check(1, [*ops, Crash(-1)])
     assert harness.problems() == []
     assert harness.totals.spent(again, day) == 1_604
+
+
+def test_a_split_announced_again_at_a_later_time_keeps_its_periods_baselines() -> None:
+    """Found by the property test (an outside check, after the fix above): stage 1 of
+    partition 1 checkpoints, takes a Berlin day budget at split 1, and is restored from before
+    it; the replay takes it at the same split 1 but only when its next record comes, 7 hours
+    later, in the next Berlin day. Stage 2 kept the first announcement's baselines (the days
+    around its time) but took the second one's time, and the part's: the new day then needed
+    a baseline before split 1 that was never asked, and its total stayed unknown."""
+    first = BASE + 3 * MIN
+    day = budget_from_spec(
+        {"id": "team-day", "scope": {"team": "platform"}, "period": "day"}
+        | {"timezone": "Europe/Berlin", "limit_usd": "0.000040000"},
+        first,
+    )
+    one = valid_event(event_id=str(uuid.UUID(int=1)), event_time=first - 3_000, cost_nanos=50)
+    later = first + 7 * HOUR  # 2026-06-01 in Berlin
+    two = valid_event(event_id=str(uuid.UUID(int=2)), event_time=later, cost_nanos=1_201)
+    ops: list[Op] = [
+        Append(1, first, one),
+        Process(1, 1),
+        Checkpoint(1),
+        Change((day,), first),
+        Crash(1),
+        Append(1, later, two),
+    ]
+    harness = check(3, ops)
+    assert harness.problems() == []
+    assert harness.totals.spent(day, BASE + HOUR) == 1_201  # 2026-06-01 00:00 Berlin
