@@ -67,10 +67,19 @@ def auth_error(settings: Settings, exc: Exception) -> AuthError | None:
     text = str(exc)
     for code, name in AUTH_ERROR_CODES.items():
         if f"Code: {code}." in text or f"({name})" in text:
+            # settings.for_reports() logs in as the reports user: name its settings
+            reports = bool(settings.clickhouse_reports_user) and (
+                settings.clickhouse_user == settings.clickhouse_reports_user
+            )
+            user, password = (
+                ("clickhouse_reports_user", "clickhouse_reports_password")
+                if reports
+                else ("clickhouse_user", "clickhouse_password")
+            )
             return AuthError(
                 f"ClickHouse at {settings.clickhouse_http_url} refused user "
-                f"{settings.clickhouse_user!r} ({name}): check {env_name('clickhouse_user')} "
-                f"and {env_name('clickhouse_password')}"
+                f"{settings.clickhouse_user!r} ({name}): check {env_name(user)} "
+                f"and {env_name(password)}"
             )
     return None
 

@@ -181,7 +181,12 @@ def test_secure_run_prints_no_credential(secure_stack, tmp_path):
             (["budgets", "list"], wrong_kafka, b"rejected the login of user 'admin'"),
             (["sink"], wrong_kafka, b"rejected the login of user 'admin'"),
             (["worker"], wrong_kafka, b"rejected the login of user 'admin'"),
-            (["report", "spend", *window], wrong_clickhouse, b"refused user 'reports'"),
+            (
+                ["report", "spend", *window],
+                wrong_clickhouse,
+                b"refused user 'reports' (AUTHENTICATION_FAILED): check "
+                b"SPENDSTREAM_CLICKHOUSE_REPORTS_USER",
+            ),
             (["migrate"], wrong_writer, b"refused user 'writer'"),
             (["sink"], wrong_writer, b"refused user 'writer'"),
         ):

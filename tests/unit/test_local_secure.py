@@ -166,3 +166,25 @@ def test_local_up_has_a_secure_flag_naming_its_variable():
     assert result.exit_code == 0
     assert "--secure / --no-secure" in result.output
     assert "SPENDSTREAM_LOCAL_SECURE" in result.output
+
+
+def test_a_refused_reports_user_names_the_reports_settings():
+    """`spendstream report` logs in as SPENDSTREAM_CLICKHOUSE_REPORTS_USER: a wrong reports
+    password must point there, not at the writer's settings (found trying it as a new user)."""
+    settings = Settings.from_env(
+        {},
+        clickhouse_user="writer",
+        clickhouse_password=Secret("w-secret"),
+        clickhouse_reports_user="reports",
+        clickhouse_reports_password=Secret("r-secret"),
+    )
+    refused = Exception("Code: 516. DB::Exception: reports: Authentication failed")
+    found = auth_error(settings.for_reports(), refused)
+    assert found is not None
+    text = str(found)
+    assert "refused user 'reports'" in text
+    assert "SPENDSTREAM_CLICKHOUSE_REPORTS_USER" in text
+    assert "SPENDSTREAM_CLICKHOUSE_REPORTS_PASSWORD" in text
+    assert "r-secret" not in text and "w-secret" not in text
+    writer = str(auth_error(settings, refused))
+    assert "SPENDSTREAM_CLICKHOUSE_USER and SPENDSTREAM_CLICKHOUSE_PASSWORD" in writer
