@@ -229,6 +229,12 @@ class BudgetTotals:
         self.baselines: dict[tuple[str, str, int, int, int], list[int]] = {}
         #: baseline requests made and not answered yet (their keys)
         self.pending: set[tuple[str, str, int, int, int]] = set()
+        #: (budget_id, total_version) -> the oldest start its baseline requests cover, while
+        #: any is unanswered: its total is unknown, so nothing from there on is forgotten
+        #: (``gone``) before its answers judge it (not checkpointed, like ``pending``)
+        self._holding: dict[tuple[str, str], int] = {}
+        #: what the last expiry forgot up to: ``gone`` never goes back below it
+        self._forgotten = 0
         #: (budget_id, total_version, partition, split) whose baseline requests were all made:
         #: the timer does not rebuild them every second (not checkpointed: after a restore
         #: nothing is pending, so everything is asked again)
@@ -263,6 +269,7 @@ class BudgetTotals:
         out = Stage2Output()
         touched: dict[tuple[str, str], set[int]] = {}
         announced: set[tuple[str, str]] = set()
+        before = self.gone()
         for offset, pack in messages:
             if offset <= self.applied:
                 continue
@@ -301,7 +308,8 @@ class BudgetTotals:
         now = self.now_ms()
         complete: list[tuple[str, str]] = []
         for version_key in announced:
-            self._request_baselines(version_key, out)
+            # (what was held before the batch: its buckets were created while held)
+            self._request_baselines(version_key, out, before)
             if len(self.versions.get(version_key, ())) >= self.config.partitions:
                 complete.append(version_key)
         if complete:
@@ -364,9 +372,11 @@ class BudgetTotals:
         (Nothing sits before offset 0: a version known from a partition's start needs none.)"""
         return self.config.baselines and split > 0 and start <= split_ts + MAX_FUTURE_MS
 
-    def _request_baselines(self, key: tuple[str, str], out: Stage2Output) -> None:
+    def _request_baselines(
+        self, key: tuple[str, str], out: Stage2Output, gone: int | None = None
+    ) -> None:
         """Once every partition announced its split: ask ClickHouse for what each one held
-        before it, over every period or bucket still held at that time."""
+        before it, over every period or bucket still held at that time (not ``gone``)."""
         budget = self.budgets.get(key[0])
         splits = self.versions.get(key)
         if (
@@ -377,7 +387,8 @@ class BudgetTotals:
             or len(splits) < self.config.partitions
         ):
             return
-        gone = self.gone()
+        if gone is None:
+            gone = self.gone()
         for p, (_, split, split_ts) in sorted(splits.items()):
             if not split or (key[0], key[1], p, split) in self._asked:
                 continue
@@ -387,6 +398,8 @@ class BudgetTotals:
                     continue  # final and forgotten: its alerts were decided
                 if request.key not in self.baselines and request.key not in self.pending:
                     self.pending.add(request.key)
+                    held = self._holding.get(key)
+                    self._holding[key] = request.start if held is None else min(held, request.start)
                     out.baselines.append(request)
 
     def _baseline_ranges(
@@ -415,6 +428,8 @@ class BudgetTotals:
         out = Stage2Output()
         budget = request.budget
         bid, version = budget.budget_id, budget.total_version
+        # what is final for this answer: its own hold still counts (it judges what it held)
+        gone = self.gone()
         self.pending.discard(request.key)
         if request.bucket_ms:
             got = {int(s): (int(c), int(t)) for s, c, t in rows}
@@ -428,14 +443,16 @@ class BudgetTotals:
             self.baselines[request.key] = [cost, tokens]
         current = self.budgets.get(bid)
         if current is None or current.total_version != version:
+            self._holding.pop((bid, version), None)
             return out
         if any(k[0] == bid and k[1] == version for k in self.pending):
             return out  # evaluated once the last one is in
+        self._holding.pop((bid, version), None)
         starts = {k[2] for k in self.buckets if k[0] == bid and k[1] == version}
         starts |= {k[4] for k, v in self.baselines.items() if k[:2] == (bid, version) and any(v)}
         # an answer that comes after its period went final decides nothing for it (its
-        # alert ids may be forgotten already: they would be published again)
-        gone = self.gone()
+        # alert ids may be forgotten already: they would be published again). Periods its
+        # requests cover are not final before it is in (``_holding``), only older ones
         if current.period != "rolling":
             starts = {s for s in starts if self._cache(current).of(s).end > gone}
         # (rolling: the windows that ended by then, see _evaluate's ``final``)
@@ -759,6 +776,8 @@ class BudgetTotals:
             k: v for k, v in self.baselines.items() if k[0] != budget_id or k[1] == keep_version
         }
         self.pending = {k for k in self.pending if k[0] != budget_id or k[1] == keep_version}
+        for held in [k for k in self._holding if k[0] == budget_id and k[1] != keep_version]:
+            del self._holding[held]
 
     # ------------------------------------------------------------------ spikes
 
@@ -838,16 +857,22 @@ class BudgetTotals:
 
     def gone(self) -> int:
         """Periods (and rolling buckets) that ended at or before this can no longer change:
-        every source partition's hold clock is more than the hold (and a margin) past them."""
+        every source partition's hold clock is more than the hold (and a margin) past them,
+        and no baseline is awaited for them (a total not known yet is judged before it is
+        forgotten: a restarted stage 2 whose replay brings the clocks a day on before its
+        baselines are read lost those periods' alerts). Never back below what was forgotten."""
         cfg = self.config
         if len(self.source_hold) < cfg.partitions:
-            return 0
-        return min(self.source_hold.values()) - cfg.hold_ms - cfg.hold_margin_ms
+            return self._forgotten
+        gone = min(self.source_hold.values()) - cfg.hold_ms - cfg.hold_margin_ms
+        if self._holding:
+            gone = min(gone, min(self._holding.values()))
+        return max(gone, self._forgotten)
 
     def _expire(self) -> None:
         """Forget periods, windows and org minutes that can no longer change or be judged."""
         cfg = self.config
-        gone = self.gone()
+        gone = self._forgotten = self.gone()
         for bucket_key in [k for k, b in self.buckets.items() if b.end <= gone]:
             del self.buckets[bucket_key]
         # a baseline's key holds its period's start: no period is longer than 31 days
@@ -882,6 +907,7 @@ class BudgetTotals:
             "org_first": self.org_first,
             "org_judged": self.org_judged,
             "spiked": self.spiked,
+            "forgotten": self._forgotten,
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -896,6 +922,7 @@ class BudgetTotals:
         self.buckets = {(b[0], b[1], b[2]): Bucket.from_list(b[3]) for b in state["buckets"]}
         self.baselines = {(b[0], b[1], b[2], b[3], b[4]): list(b[5:]) for b in state["baselines"]}
         self.pending = set()
+        self._holding = {}
         self.alerted = {(a[0], a[1], a[2]): [a[3], list(a[4])] for a in state["alerted"]}
         self.blocks = {k: list(v) for k, v in state["blocks"].items()}
         self.unsure = {bid for bid, _ in self.versions} | set(self.blocks)
@@ -905,6 +932,8 @@ class BudgetTotals:
         self.org_first = dict(state["org_first"])
         self.org_judged = dict(state["org_judged"])
         self.spiked = dict(state["spiked"])
+        self._forgotten = 0
+        self._forgotten = int(state.get("forgotten", self.gone()))
 
 
 def _period_text(budget: Budget) -> str:

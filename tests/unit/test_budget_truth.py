@@ -508,3 +508,37 @@ def test_a_split_announced_again_at_a_later_time_keeps_its_periods_baselines() -
     harness = check(3, ops)
     assert harness.problems() == []
     assert harness.totals.spent(day, BASE + HOUR) == 1_201  # 2026-06-01 00:00 Berlin
+
+
+def test_a_restarted_stage_2_judges_a_period_whose_baseline_it_awaits_before_forgetting_it() -> (
+    None
+):
+    """Found by ``make truth-long`` (the batches-or-restarts property, shrunk by hand): a day
+    budget whose split needs a baseline; stage 2 restarts without a checkpoint and asks for
+    it again; before the answer, stage 1 reads the day's event and a record 33 h later in one
+    batch, so the hold clock passes the day's end + 25 h: the day was forgotten, and the
+    answer, which came after it went final, judged nothing. The 100% alert was lost. Now a
+    baseline awaited holds back what stage 2 forgets."""
+    budget = budget_from_spec(
+        {"id": "beta-day", "scope": {"org": "beta"}, "period": "day"}
+        | {"limit_tokens": 500, "thresholds": [100]},
+        BASE,
+    )
+    at = BASE + 15 * MIN
+    event = valid_event(
+        event_id=str(uuid.UUID(int=1)),
+        event_time=at,
+        org_id="beta",
+        input_tokens=2_160,
+        output_tokens=482,
+    )
+    ops: list[Op] = [
+        Append(0, at, None),
+        Change((budget,), at),  # split 1: the record before it is the baseline's
+        Append(0, at, event),
+        Crash(-1),
+        Append(0, at + 33 * HOUR, None),
+    ]
+    harness = check(1, ops)
+    assert harness.problems() == []
+    assert [a["threshold_pct"] for a in harness.threshold_alerts.values()] == [100]
