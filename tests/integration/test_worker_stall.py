@@ -119,22 +119,24 @@ def test_first_send_to_a_topic_missing_from_the_metadata_strands_nothing(
         admin = AdminClient(settings.kafka_client_config())
         admin.delete_topics([settings.topic_alerts])[settings.topic_alerts].result(30)
         load(3 * METADATA_MAX_AGE_MS / 1000)  # a full refresh without the alerts topic
+        # a fresh stage 2 may have written its first decision on the budget (not blocked)
+        (enforced,) = _ends(settings, settings.topic_enforcement, 1)
         send(1, org="big", cost=2_000_000_000)  # crosses the block budget: block + alert
         load(3)
         alerts = [t for t in standard_topics(settings) if t.name == settings.topic_alerts]
         ensure_topics(settings, alerts)
 
-        found: dict[str, object] = {}
+        found: dict[str, int] = {}
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
             load(2)
             found = {
-                "enforcement": _ends(settings, settings.topic_enforcement, 1),
+                "enforcement": _ends(settings, settings.topic_enforcement, 1)[0] - enforced,
                 "alerts": sum(_ends(settings, settings.topic_alerts, parts)),
             }
-            if found["enforcement"] == [1] and found["alerts"] == 1:
+            if found["enforcement"] >= 1 and found["alerts"] == 1:
                 break
-        assert found["enforcement"] == [1], f"the block record never reached its topic: {found}"
+        assert found["enforcement"] >= 1, f"the block record never reached its topic: {found}"
         assert found["alerts"] == 1, found
 
         # every partition keeps being checkpointed: the worker commits what was sent so far
