@@ -56,10 +56,11 @@ fuzz: setup
 truth-long: setup
 	HYPOTHESIS_PROFILE=long nice -n 19 $(PY) -m pytest -q --timeout=0 tests/unit/test_budget_truth.py
 
-# the resource-bounds soak: 10 minutes, 1M users / 10M sessions through a worker and a sink,
-# RSS plotted into loadtest/results/soak-*/ (loadtest/soak.py; results in tests/faults/README.md)
+# the resource-bounds soak: 15 minutes (a warm-up of 9.3, twice the longest state horizon), 1M
+# users / 10M sessions through a worker and a sink, RSS plotted and what the worker's memory is
+# made of into loadtest/results/soak-*/ (loadtest/soak.py; results in tests/faults/README.md)
 soak: setup
-	$(PY) -m loadtest.soak --minutes 10
+	$(PY) -m loadtest.soak --minutes 15
 
 # the load-test harness (loadtest/README.md): the whole pipeline at a rate, checked against its
 # ledger, results in loadtest/results/SCENARIO-TIME/. make loadtest SCENARIO=catch-up ARGS=...

@@ -1,8 +1,8 @@
 """Resource-bounds soak: a worker and a sink under high-cardinality traffic, RSS over time.
 
-    make soak                                           # 10 minutes, the documented run
+    make soak                                           # 15 minutes, the documented run
     /work/team/heavy -x python -m loadtest.soak         # the same on the shared machine
-    python -m loadtest.soak --minutes 2 --rate 1000     # a quick one
+    python -m loadtest.soak --minutes 3 --rate 1000 --warmup-min 1   # a quick one
 
 Starts its own local stack (fresh home, free loopback ports), migrates ClickHouse, then runs
 the real worker and sink as child processes (``spendstream worker`` / ``spendstream sink``) and
@@ -20,8 +20,9 @@ lifetimes of each (the defaults hold state for 10 minutes to 24 hours, see the R
 Every ``--sample-s`` the RSS of each process (/proc/<pid>/status VmRSS) is written to
 ``samples.csv``; at the end ``rss.png`` (RSS over time), ``summary.json`` and ``summary.md``
 (the verdict and the table for tests/faults/README.md). The rule, "flat after warm-up": after
-the first ``--warmup-min`` minutes (4: the longest shortened horizon, 2 minutes of session
-idle, twice), a least-squares line through the RSS samples may rise by at most 5% of their
+the first ``--warmup-min`` minutes (twice the longest time any state is kept, see
+``state_horizons``: 2 x 280 s, the ids' checkpoint chunks, dedup memory + 3 minutes), a
+least-squares line through the RSS samples may rise by at most 5% of their
 mean over the rest of the run, and the median of the last minute may exceed the median of the
 first minute after warm-up by at most 5%. It also checks that nothing was lost: every event
 produced is in ``token_events`` and none was dead-lettered.
@@ -73,6 +74,31 @@ SOAK_ENV = {
     "DEDUP_HORIZON_HOURS": "1",
 }
 GROWTH_LIMIT = 0.05
+
+
+def state_horizons(env: dict[str, str] = SOAK_ENV) -> dict[str, int]:
+    """The longest time (s) each kind of the worker's state is kept at these settings: the
+    time it takes to reach its steady size under steady traffic (stage1.PartitionAggregator.
+    _expire and Worker._checkpoint1). Budget periods (DEDUP_HORIZON_HOURS) are not among them:
+    the soak publishes no budget."""
+    lateness = int(env["ALLOWED_LATENESS_S"])
+    memory = int(env["WORKER_DEDUP_MEMORY_S"])
+    idle = int(env["WORKER_SESSION_IDLE_S"])
+    return {
+        # a minute's window closes at the minute's end + the lateness + 5 s of grace
+        "rollup windows": 60 + lateness + 5,
+        # ids are kept by event minute, from (clock - memory - 1 min) floored to its minute
+        "ids in memory": memory + 2 * 60,
+        # the ids' checkpoint chunks in the state table go once their newest minute is older
+        # than clock - memory - 2 min (Worker._checkpoint1, memory_horizon)
+        "ids in the state table": memory + 3 * 60,
+        # idle sessions go at the next sweep, once a minute of partition clock
+        "sessions": idle + 60,
+    }
+
+
+#: the rule's warm-up: twice the longest horizon (see the module doc)
+WARMUP_S = 2 * max(state_horizons().values())
 
 
 def rss_kib(pid: int) -> int:
@@ -127,10 +153,19 @@ def child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def start(command: str, settings: Settings, out: Path) -> subprocess.Popen[bytes]:
+def start(
+    command: str, settings: Settings, out: Path, probe: float = 0, garbage_at: float | None = None
+) -> subprocess.Popen[bytes]:
+    """``spendstream COMMAND`` as a child; with ``probe`` (seconds) it samples what its memory
+    is made of into ``COMMAND-probe.jsonl`` (loadtest/memprobe.py)."""
     log = (out / f"{command}.log").open("wb")
+    code = "from streams.cli import main; main()"
+    if probe:
+        path = str(out / f"{command}-probe.jsonl")
+        args = f"{path!r}, {probe}, {garbage_at}, {command == 'worker'}"
+        code = f"import loadtest.memprobe as m; m.start({args}); {code}"
     return subprocess.Popen(
-        [sys.executable, "-c", "from streams.cli import main; main()", command],
+        [sys.executable, "-c", code, command],
         env=child_env(settings),
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -198,13 +233,25 @@ def count_rows(settings: Settings) -> tuple[int, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--rate", type=int, default=3_000, help="events per second")
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--sessions", type=int, default=10_000_000)
     parser.add_argument("--sample-s", type=float, default=5.0)
-    parser.add_argument("--warmup-min", type=float, default=4.0)
+    parser.add_argument("--warmup-min", type=float, default=WARMUP_S / 60)
     parser.add_argument("--out", type=Path, default=None, help="default loadtest/results/soak-*")
+    parser.add_argument(
+        "--probe",
+        type=float,
+        default=10.0,
+        help="every N seconds, what each child's memory is made of (loadtest/memprobe.py; 0: off)",
+    )
+    parser.add_argument(
+        "--garbage-at",
+        type=float,
+        default=None,
+        help="with --probe: one full collection at this second, the types it found unreachable",
+    )
     args = parser.parse_args()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or ROOT / "loadtest" / "results" / f"soak-{stamp}"
@@ -227,7 +274,10 @@ def main() -> int:
         print(f"soak: stack in {home}, output in {out}", flush=True)
         stack.up(settings)
         Migrator(connect(settings), Target.from_settings(settings)).migrate()
-        procs = {"worker": start("worker", settings, out), "sink": start("sink", settings, out)}
+        procs = {
+            name: start(name, settings, out, args.probe, args.garbage_at)
+            for name in ("worker", "sink")
+        }
         producer = Producer(
             {**settings.kafka_client_config(), "linger.ms": 20, "compression.type": "lz4"}
         )
@@ -308,8 +358,11 @@ def main() -> int:
         "distinct_sessions": sessions_seen,
         "dead_letters": dead,
         "horizons": SOAK_ENV,
+        "state_horizons_s": state_horizons(),
+        "warmup_s": warmup_s,
         "machine": machine.as_dict(),
         "verdicts": verdicts,
+        "worker_memory": made_of(out / "worker-probe.jsonl", warmup_s),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     lines = [
@@ -329,12 +382,57 @@ def main() -> int:
             f"| {v.get('last_minute_mib')} | {v.get('peak_mib')} | {v.get('fitted_growth_pct')}% "
             f"| {v.get('last_vs_first_minute_pct')}% | {'yes' if v['flat'] else 'NO'} |"
         )
+    parts = summary["worker_memory"]
+    if parts:
+        lines += [
+            "",
+            "What the worker's memory is made of (loadtest/memprobe.py; medians of the first "
+            "minute after warm-up and of the last minute):",
+            "",
+            "| part | first min after warm-up | last min | change |",
+            "|---|---:|---:|---:|",
+        ]
+        for part, (first, last) in parts.items():
+            change = f"{100 * (last / first - 1):+.1f}%" if first else ""
+            lines.append(f"| {part} | {first:,.1f} | {last:,.1f} | {change} |")
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
     print(text)
     print(machine.text())
     ok = rows >= produced and dead == 0 and all(v["flat"] for v in verdicts.values())
     return 0 if ok else 1
+
+
+#: what memprobe writes, and how the summary names it (values scaled to MiB or millions)
+PROBE_PARTS = {
+    "RSS MiB": lambda r: r["rss_kib"] / 1024,
+    "malloc in use MiB": lambda r: r["malloc_in_use_kib"] / 1024,
+    "malloc free in its heap MiB": lambda r: r["malloc_free_kib"] / 1024,
+    "Python blocks (millions)": lambda r: r["py_blocks"] / 1e6,
+    "sessions (thousands)": lambda r: r["PartitionAggregator"]["sessions"] / 1e3,
+    "ids in memory (thousands)": lambda r: r["PartitionAggregator"]["memory"] / 1e3,
+    "state table 1 MiB": lambda r: r["table1"]["kib"] / 1024,
+}
+
+
+def made_of(path: Path, warmup_s: float) -> dict[str, tuple[float, float]]:
+    """Medians of each PROBE_PARTS part over the first minute after warm-up and the last one."""
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "rss_kib" in r and "table1" in r and r["t_s"] >= warmup_s]
+    if len(rows) < 2:
+        return {}
+    start, end = rows[0]["t_s"], rows[-1]["t_s"]
+    first = [r for r in rows if r["t_s"] < start + 60]
+    last = [r for r in rows if r["t_s"] > end - 60]
+    return {
+        part: (
+            round(statistics.median(get(r) for r in first), 1),
+            round(statistics.median(get(r) for r in last), 1),
+        )
+        for part, get in PROBE_PARTS.items()
+    }
 
 
 def dead_letters(settings: Settings) -> int:
