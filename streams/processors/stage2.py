@@ -749,7 +749,13 @@ class BudgetTotals:
                 self.evaluated[budget_id] = budget.definition_version
                 starts = {s for (b, v, s) in self.buckets if b == budget_id and v == key[1]}
                 starts |= {k[4] for k in self.baselines if k[0] == budget_id and k[1] == key[1]}
-                self._evaluate(budget, starts, now, out)
+                # not what is forgotten (baselines outlive their periods): its alert ids may be
+                # gone, it would alert again (a restored stage 2 that meets the definition late)
+                forgotten = self._forgotten
+                if budget.period != "rolling":
+                    cache = self._cache(budget)
+                    starts = {s for s in starts if cache.of(s).end > forgotten}
+                self._evaluate(budget, starts, now, out, final=forgotten)
             elif budget.mode == "block":
                 self._enforce(budget, now, out)
         self._judge_spikes(now, out)

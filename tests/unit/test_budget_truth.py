@@ -542,3 +542,33 @@ def test_a_restarted_stage_2_judges_a_period_whose_baseline_it_awaits_before_for
     harness = check(1, ops)
     assert harness.problems() == []
     assert [a["threshold_pct"] for a in harness.threshold_alerts.values()] == [100]
+
+
+def test_a_definition_new_to_a_restored_stage_2_judges_no_final_period_twice() -> None:
+    """Found by ``make truth-long`` (an outside check): a day budget alerts, is deleted,
+    stage 2 checkpoints, the budget comes back with other thresholds, and stage 2 restarts
+    from that checkpoint after a day. Its baseline answer judges the (final) day once under
+    the new definition; then the timer, which still held the old definition as evaluated,
+    judged the day afresh from its kept baselines after its alert ids were forgotten: 50, 80
+    and 100% went out twice."""
+    spec = {"id": "beta-day", "scope": {"org": "beta"}, "period": "day", "limit_tokens": 500}
+    first = budget_from_spec(dict(spec, thresholds=[100]), BASE)
+    again = budget_from_spec(dict(spec, description="ops"), BASE + 10 * MIN)
+    big = valid_event(
+        event_id=str(uuid.UUID(int=1)),
+        event_time=BASE,
+        org_id="beta",
+        input_tokens=1_000,
+        output_tokens=0,
+    )
+    ops: list[Op] = [
+        Change((first,), BASE),
+        Append(0, BASE, big),
+        Change((), BASE),
+        Checkpoint(-1),
+        Change((again,), BASE + 10 * MIN),
+        Tick(BASE + 28 * HOUR + 10 * MIN),  # the day is final
+        Crash(-1),
+    ]
+    harness = check(2, ops)
+    assert harness.problems() == []
