@@ -59,7 +59,7 @@ def _sizes(obj: Any) -> dict[str, int]:
         names.extend(getattr(klass, "__slots__", ()))
     out: dict[str, int] = {}
     for name in names:
-        value = getattr(obj, name, None)
+        value: Any = getattr(obj, name, None)
         sized = isinstance(value, dict | list | set | collections.deque)
         if sized or type(value).__name__ == "DedupMemory":
             out[name] = len(value)
@@ -78,12 +78,12 @@ def start(
         if not worker:
             raise ImportError("not the worker")
         from streams.processors import stage1, stage2
-        from streams.worker import worker
+        from streams.worker import worker as worker_module
 
         for module, name in (
             (stage1, "PartitionAggregator"),
             (stage2, "BudgetTotals"),
-            (worker, "Worker"),
+            (worker_module, "Worker"),
         ):
             klass = getattr(module, name)
             original = klass.__init__
