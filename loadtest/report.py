@@ -150,7 +150,9 @@ def markdown(results: dict[str, Any], pngs: list[Path]) -> str:
         f"**{'OK' if results.get('check_ok') else 'FAILED'}**: {results.get('check_summary')}",
         "",
         f"Ledger totals (agents' own, merged) agree with the ledger recomputed: "
-        f"{results.get('ledger_totals_agree')}; spend ${_fmt(results.get('spend_usd'))}.",
+        f"{results.get('ledger_totals_agree')}; spend ${_fmt(results.get('spend_usd'))}. "
+        f"Checked in {_fmt(results.get('check_s'))} s; the runner's peak RSS (it holds the "
+        f"ledger) {_fmt(results.get('check_peak_rss_mib'))} MiB.",
         "",
     ]
     phases = results.get("phases") or []

@@ -20,6 +20,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -350,7 +351,8 @@ def run(
         )
         watch.start()
         offsets = Offsets(settings)
-        pids = _service_pids(settings)
+        # the services' own settings: the run's name the broker and ClickHouse explicitly
+        pids = _service_pids(services.settings)
         if backlog is not None:
             results["catch_up"] = _drain(offsets, procs, scenario, drain_start, samples, pids)
         t0 = time.monotonic()
@@ -414,7 +416,12 @@ def run(
             for row in samples:
                 fh.write(json.dumps(row) + "\n")
     try:
+        checking = time.monotonic()
+        results["runner_peak_rss_before_check_mib"] = _peak_rss_mib()
         results.update(_verify(settings, out, budgets, watch, scenario))
+        results["check_s"] = round(time.monotonic() - checking, 1)
+        # the runner's own peak (it holds the ledger): ru_maxrss is in KiB on Linux
+        results["check_peak_rss_mib"] = _peak_rss_mib()
         results["report_query_ms"] = summary(queries)
         results["processes"] = _process_figures(samples)
         results["machine"] = machine.finish().as_dict()
@@ -428,6 +435,11 @@ def run(
     results["alerts_received"] = len(watch.received)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     return results
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak RSS so far (ru_maxrss is in KiB on Linux)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _finished(agent: Proc, out: Path) -> bool:
@@ -571,6 +583,7 @@ def _verify(
     """The checker over the ledger; the agents' totals against the ledger's; latencies."""
     files = sorted(out.glob("ledger-*.jsonl")) + sorted((out / "backlog").glob("ledger-*.jsonl"))
     ledger = Ledger.load(*files, budgets=budgets)
+    loaded_rss = _peak_rss_mib()
     result = check(settings, ledger)
     merged = SpendTotals()
     for path in sorted(out.glob("totals-*.json")) + sorted((out / "backlog").glob("totals-*.json")):
@@ -584,6 +597,7 @@ def _verify(
     for path in sorted(out.glob("agent-*.json")):
         acks += json.loads(path.read_text())["ack_latency_ms"]
     return {
+        "runner_peak_rss_after_load_mib": loaded_rss,
         "check": result.as_dict(),
         "check_ok": result.ok,
         "check_summary": result.summary(),
