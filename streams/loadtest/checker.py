@@ -508,30 +508,41 @@ def _upload(client: Any, table: str, ledger: Ledger, unacked: Iterable[str]) -> 
     names = ["kind", "event_id", "cost", "source", "hour", "day", *_LEDGER_DIMS]
     names += list(events.TOKEN_FIELDS)
     frozen = ledger.frozen()
-    values = ledger.strings.values
-    text = ["" if v is None else v for v in values]
+    # TabSeparated bytes built here and sent as they are: clickhouse-connect 1.12's Native
+    # insert kept ~50 MB per 100k-row block of Python lists (1.1 GB over a 2M-event check)
+    text = [_tsv("" if v is None else v) for v in ledger.strings.values]
     total = len(frozen.u_first)
     for lo in range(0, total, _CHUNK):
         part = slice(lo, min(total, lo + _CHUNK))
         times = frozen.u("event_time")[part]
         columns: list[Any] = [
-            [0] * (part.stop - part.start),
+            ["0"] * (part.stop - part.start),
             [ledger.event_id(m) for m in frozen.u_first[part].tolist()],
-            frozen.u("cost")[part].tolist(),
+            map(str, frozen.u("cost")[part].tolist()),
             [text[c] for c in frozen.u("source")[part].tolist()],
-            (times // HOUR_MS * 3600).tolist(),
-            (times // DAY_MS).tolist(),
+            map(str, (times // HOUR_MS * 3600).tolist()),
+            map(str, (times // DAY_MS).tolist()),
             *([text[c] for c in frozen.u(d)[part].tolist()] for d in _LEDGER_DIMS),
-            *(frozen.u(f)[part].tolist() for f in events.TOKEN_FIELDS),
+            *(map(str, frozen.u(f)[part].tolist()) for f in events.TOKEN_FIELDS),
         ]
-        client.insert(table, columns, column_names=names, column_oriented=True)
+        _insert_tsv(client, table, names, zip(*columns, strict=True))
     failed = sorted(unacked)
     if failed:
-        n = len(failed)
-        zeros = [0] * n
-        columns = [[1] * n, failed, zeros, [""] * n, zeros, zeros]
-        columns += [[""] * n for _ in _LEDGER_DIMS] + [zeros for _ in events.TOKEN_FIELDS]
-        client.insert(table, columns, column_names=names, column_oriented=True)
+        rest = ["0", "", "0", "0", *([""] * len(_LEDGER_DIMS)), *(["0"] * len(events.TOKEN_FIELDS))]
+        _insert_tsv(client, table, names, (["1", eid, *rest] for eid in failed))
+
+
+def _tsv(value: str) -> str:
+    """``value`` escaped for ClickHouse's TabSeparated format."""
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    )
+
+
+def _insert_tsv(client: Any, table: str, names: list[str], rows: Iterable[Iterable[str]]) -> None:
+    body = "".join("\t".join(row) + "\n" for row in rows).encode()
+    if body:
+        client.raw_insert(table, names, body, fmt="TabSeparated")
 
 
 def _ids_check(client: Any, table: str, samples: dict[str, tuple[str, ...]]) -> dict[str, int]:

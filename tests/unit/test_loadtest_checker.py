@@ -176,3 +176,10 @@ def test_a_ledger_without_positions_expects_the_simple_models_alerts() -> None:
     ledger.add_acked(event(event_time=T0), (0, 0, T0))
     ledger.add_acked(dict(spend[0]), (0, 1, T0))
     assert len(ledger.positions) == 2 and len(ledger.acked) == 6
+
+
+def test_strings_sent_to_clickhouse_are_escaped_for_tab_separated() -> None:
+    from streams.loadtest.checker import _tsv
+
+    assert _tsv("plain-org") == "plain-org"
+    assert _tsv("a\tb\\c\nd\re") == "a\\tb\\\\c\\nd\\re"
