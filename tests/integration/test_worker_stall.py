@@ -7,7 +7,8 @@ client ask for the tracked topics only and replace the whole map, so a batch app
 another topic and not yet sent loses its leader and waits for faust's 20-minute request
 timeout (tests/faults/README.md, "The worker stall"). Here the missing topic is the alerts
 topic: it is deleted under the running worker, the producer's periodic full refresh (shortened
-with faust's ``PRODUCER_METADATA_MAX_AGE_MS``) drops it from the map, then one event crosses a
+with faust's ``PRODUCER_METADATA_MAX_AGE_MS``; the linger is made 50 ms so that the race is
+always lost) drops it from the map, then one event crosses a
 block budget: stage 2 appends the block record (enforcement topic, in the map, untracked) and
 then sends the first alert, the first send to a topic the map does not hold. The alerts topic
 is recreated a few seconds later. On the code without the fix the block record never reached
@@ -44,6 +45,8 @@ pytestmark = pytest.mark.integration
 #: the producer's periodic full metadata refresh (aiokafka: 5 minutes): shortened so that the
 #: deleted alerts topic leaves its map within a second
 METADATA_MAX_AGE_MS = 1000
+#: the producer's linger (the worker's: 2 ms), longer than the metadata round trip for sure
+LINGER_S = 0.05
 
 
 def _ends(settings: Settings, topic: str, partitions: int, group: str | None = None) -> list[int]:
@@ -80,6 +83,10 @@ def test_first_send_to_a_topic_missing_from_the_metadata_strands_nothing(
         extra={"METRICS_PORT": str(port), "WORKER_SINK_CHECKS": "false", "WORKER_STALL_S": "10"},
     )
     workers.extra["PRODUCER_METADATA_MAX_AGE_MS"] = str(METADATA_MAX_AGE_MS)  # faust's own
+    # the worker's producer lingers 2 ms, about a metadata round trip here: the record appended
+    # just before the first alert was stranded in 4 of 5 runs without the fix; 50 ms makes it
+    # every run (faust's env setting, seconds)
+    workers.extra["PRODUCER_LINGER"] = str(LINGER_S)
     producer = TokenEventProducer(settings)
     base = f"http://127.0.0.1:{port}"
 
