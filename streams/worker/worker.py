@@ -24,9 +24,12 @@ import gc
 import itertools
 import logging
 import signal
+import sys
+import threading
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Any, TypeVar, cast
+from typing import Any, TextIO, TypeVar, cast
 
 import faust
 import msgspec
@@ -1017,8 +1020,27 @@ def install_stack_dumps() -> None:
     """``kill -USR2 <pid>``: every thread's stack to stderr, at C level (faulthandler), so it
     works while the event loop is stuck. Replaces mode's SIGUSR2 handler (it opens pdb: a
     daemon then hangs on stdin). ``kill -USR1`` stays mode's: threads and their loops' tasks,
-    printed by the loop. For a worker that stopped making progress; no py-spy needed."""
+    printed by the loop. For a worker that stopped making progress; no py-spy needed.
+    ``kill -USR1``: threads and the loop's tasks, without local variables (replaces mode's
+    dump, which prints every frame's locals: a credential handed to a client can sit there)."""
     faulthandler.register(signal.SIGUSR2, all_threads=True)
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
+    except (NotImplementedError, RuntimeError, ValueError) as exc:  # a loop without signals
+        log.warning("kill -USR1 task dumps unavailable: %s", exc)
+
+
+def dump_tasks(file: TextIO | None = None) -> None:
+    """Every thread's stack and every task of the running loop, names and frames only."""
+    out = file or sys.stderr
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        print(f"THREAD {names.get(ident, ident)}", file=out)
+        traceback.print_stack(frame, file=out)
+    for task in asyncio.all_tasks():
+        print(f"TASK {task.get_name()} {task.get_coro()!r}", file=out)
+        task.print_stack(file=out)
+    out.flush()
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

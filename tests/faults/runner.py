@@ -222,7 +222,7 @@ def execute(
 
 
 def _dump_stacks(procs: Procs) -> None:
-    """Every live worker's threads (SIGUSR2, faulthandler) and tasks (SIGUSR1, mode) into
+    """Every live worker's threads (SIGUSR2, faulthandler) and tasks (SIGUSR1, no locals) into
     its log, for a run that did not drain."""
     for proc in procs.running("worker"):
         for sig in (signal.SIGUSR2, signal.SIGUSR1):
