@@ -114,7 +114,7 @@ class _PartitionSlot:
     send_times: list[float] = dataclasses.field(default_factory=list)
     #: when the oldest send still waiting was handed over (0: none waiting)
     oldest_send_at: float = 0.0
-    dd_chunks: list[list[int]] = dataclasses.field(default_factory=list)  # [epoch, max minute]
+    dd_chunks: list[list[int]] = dataclasses.field(default_factory=list)  # [key, max minute]
     #: closed 1-minute windows' rows not yet sent (lazy), and rows sent but not acknowledged
     rollups: collections.deque[Iterator[dict[str, Any]]] = dataclasses.field(
         default_factory=collections.deque
@@ -899,10 +899,11 @@ class Worker:
         processor: PartitionAggregator = slot.processor
         prefix = f"{slot.partition}"
         epoch = slot.epoch + 1
-        ids = processor.take_new_ids()
-        if ids:
-            self._write(self.table1, slot.partition, f"{prefix}|dd|{epoch}", _msgpack_encode(ids))
-            slot.dd_chunks.append([epoch, max(m for m, _ in ids)])
+        pieces = split_id_chunks(processor.take_new_ids())
+        for number, piece in enumerate(pieces):
+            chunk = epoch * DD_PIECES_MAX + number  # above every key of older checkpoints
+            self._write(self.table1, slot.partition, f"{prefix}|dd|{chunk}", _msgpack_encode(piece))
+            slot.dd_chunks.append([chunk, max(m for m, _ in piece)])
         horizon = processor.memory_horizon
         expired = [c for c in slot.dd_chunks if c[1] < horizon]
         slot.dd_chunks = [c for c in slot.dd_chunks if c[1] >= horizon]
@@ -1007,6 +1008,39 @@ def checkpoint_wait(cost_s: float, slots: int, interval_s: float) -> float:
     """How long a slot whose checkpoint took ``cost_s`` waits for its next one: checkpoints of
     ``slots`` such slots then take at most CHECKPOINT_SHARE of the loop (see there)."""
     return min(CHECKPOINT_MAX_S, max(interval_s, cost_s * max(1, slots) / CHECKPOINT_SHARE))
+
+
+#: one changelog record of dedup ids holds at most this many id bytes (as a checkpoint page):
+#: a backlog brings hundreds of thousands of new ids between two checkpoints, and a record
+#: past the broker's message.max.bytes (1 MB by default) is refused, the ids lost unnoticed
+DD_CHUNK_BYTES = 256 * 1024
+#: pieces of one checkpoint's ids are keyed epoch x this + piece number (larger pieces beyond)
+DD_PIECES_MAX = 4096
+_ID_BYTES = 16
+
+
+def split_id_chunks(ids: list[list[Any]], limit: int = DD_CHUNK_BYTES) -> list[list[list[Any]]]:
+    """``[[minute, packed 16-byte ids], ...]`` as pieces of at most ``limit`` id bytes each
+    (more only past DD_PIECES_MAX pieces), every id in exactly one piece, minutes in order."""
+    total = sum(len(packed) for _, packed in ids)
+    step = max(limit - limit % _ID_BYTES, -(-total // DD_PIECES_MAX // _ID_BYTES) * _ID_BYTES)
+    pieces: list[list[list[Any]]] = []
+    piece: list[list[Any]] = []
+    size = 0
+    for minute, packed in ids:
+        start = 0
+        while start < len(packed):
+            room = step - size
+            part = packed[start : start + room]
+            piece.append([minute, part])
+            size += len(part)
+            start += len(part)
+            if size >= step:
+                pieces.append(piece)
+                piece, size = [], 0
+    if piece:
+        pieces.append(piece)
+    return pieces
 
 
 def tune_gc() -> None:
