@@ -322,8 +322,8 @@ class Worker:
                 slot.epoch, state = found
                 processor.restore(state["stage"])
                 slot.dd_chunks = [list(c) for c in state["dd"]]
-                for epoch, _ in slot.dd_chunks:
-                    raw = items.get(f"{prefix}|dd|{epoch}")
+                for chunk, _ in slot.dd_chunks:
+                    raw = items.get(f"{prefix}|dd|{chunk}")
                     if raw:
                         processor.load_ids(_msgpack_decode(raw))
                 log.info(
@@ -910,8 +910,8 @@ class Worker:
         state = {"stage": processor.snapshot(), "dd": slot.dd_chunks}
         for key, value in checkpoint.encode_pages(prefix, epoch, state):
             self._write(self.table1, slot.partition, key, value)
-        for chunk_epoch, _ in expired:
-            self._write(self.table1, slot.partition, f"{prefix}|dd|{chunk_epoch}", None)
+        for chunk, _ in expired:
+            self._write(self.table1, slot.partition, f"{prefix}|dd|{chunk}", None)
         slot.epoch = epoch
         self._ack(slot)
         self.metrics.hops["checkpoint"].observe(time.perf_counter() - started)

@@ -117,6 +117,20 @@ def test_a_budget_created_while_the_sink_is_behind_starts_from_the_exact_baselin
         workers.stop_all()
 
 
+def _spend(producer: TokenEventProducer, org: str, user: str, cost_nanos: int) -> None:
+    """One claude-code request of ``user`` in team platform of ``org``, flushed."""
+    producer.record(
+        org_id=org,
+        team_id="platform",
+        user_id=user,
+        client="claude-code",
+        provider="anthropic",
+        model="claude-sonnet-4-5",
+        cost_nanos=cost_nanos,
+    )
+    producer.flush()
+
+
 def _blocked(producer: TokenEventProducer, org: str) -> Any:
     return producer.check(org_id=org, team_id="platform", user_id="ana")
 
@@ -144,18 +158,10 @@ def test_a_block_lifts_on_a_10x_limit_raise_a_switch_to_alert_mode_and_a_delete(
     publish(settings, {cap.budget_id: cap})
     workers = Workers(settings, tmp_path)
     producer = TokenEventProducer(settings)
-    base = {
-        "org_id": org,
-        "team_id": "platform",
-        "client": "claude-code",
-        "provider": "anthropic",
-        "model": "claude-sonnet-4-5",
-    }
     try:
         workers.start()
         producer.watch_enforcement()
-        producer.record(base | {"user_id": "ana", "cost_nanos": 110 * CENT})
-        producer.flush()
+        _spend(producer, org, "ana", 110 * CENT)
         _wait_for("blocked at $1.10 of $1", workers, lambda: _blocked(producer, org))
 
         def change(budget: Budget | None, blocked: bool, what: str) -> float:
@@ -166,8 +172,7 @@ def test_a_block_lifts_on_a_10x_limit_raise_a_switch_to_alert_mode_and_a_delete(
 
         raised = _replace(cap, limit=cap.limit * 10)
         lifted_raise = change(raised, False, "lifted on the raise")
-        producer.record(base | {"user_id": "bo", "cost_nanos": 1_000 * CENT})  # $11.10 of $10
-        producer.flush()
+        _spend(producer, org, "bo", 1_000 * CENT)  # $11.10 of $10
         block = _wait_for(
             "blocked at 111% of the new limit", workers, lambda: _blocked(producer, org)
         )
@@ -262,16 +267,7 @@ def test_an_alert_and_a_block_the_broker_refused_are_published_after_a_restart(
     producer = TokenEventProducer(settings)
     try:
         first = workers.start()
-        producer.record(
-            org_id=org,
-            team_id="platform",
-            user_id="ana",
-            client="claude-code",
-            provider="anthropic",
-            model="claude-sonnet-4-5",
-            cost_nanos=110 * CENT,
-        )
-        producer.flush()
+        _spend(producer, org, "ana", 110 * CENT)
         first.wait(timeout=120)
         assert first.returncode != 0
         assert b"not delivered" in (tmp_path / "worker-0.log").read_bytes()
@@ -318,16 +314,7 @@ def test_a_block_published_after_the_last_checkpoint_lifts_when_deleted_while_do
     try:
         first = workers.start()
         producer.watch_enforcement()
-        producer.record(
-            org_id=org,
-            team_id="platform",
-            user_id="ana",
-            client="claude-code",
-            provider="anthropic",
-            model="claude-sonnet-4-5",
-            cost_nanos=110 * CENT,
-        )
-        producer.flush()
+        _spend(producer, org, "ana", 110 * CENT)
         _wait_for("blocked at $1.10 of $1", workers, lambda: _blocked(producer, org))
         workers.kill(first)
         publish(settings, {cap.budget_id: None})

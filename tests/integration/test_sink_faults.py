@@ -36,6 +36,7 @@ from streams.settings import Settings, env_name
 from streams.sink.metrics import SinkMetrics
 from streams.sink.runner import Sink
 from streams.sink.store import EventStore
+from tests.integration.test_sink_exactly_once import ROLLUPS
 
 pytestmark = pytest.mark.integration
 CODEC = AvroCodec("token_event")
@@ -332,14 +333,6 @@ def test_every_insert_dedups_through_the_views_and_startup_checks_the_server(env
 
 # -- row 2: shutdown or rebalance while an insert is in flight -------------------------------
 
-ROLLUPS = (
-    "spend_hourly",
-    "spend_daily",
-    "spend_user_hourly",
-    "spend_user_daily",
-    "spend_team_hourly",
-    "spend_team_daily",
-)
 #: a slow insert: ClickHouse checks a table's constraints on each block before the table or any
 #: view gets it, so while these sleep nothing of the insert is stored (and KILL QUERY stops a
 #: sleep); 8 x 2.5 s is far past the drain bound of 5 s
